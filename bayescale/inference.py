@@ -1,0 +1,131 @@
+"""Inference engine: NumPyro NUTS on JAX, results as an ArviZ DataTree, and diagnostics.
+
+The engine knows models and arrays, not reports. x64 is switched on here (``numpyro.enable_x64``)
+because the law's ridge needs float64 on CPU; seeds are explicit (``SamplerSettings.seed``).
+
+Usage: ``tree, diag = run_nuts(model, data, settings, coords, dims)``
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import arviz as az
+import jax
+import numpy as np
+import numpyro
+import pandas as pd
+from numpyro.infer import MCMC, NUTS, Predictive, init_to_median
+
+from .spec import SamplerSettings
+
+__all__ = ["Diagnostics", "run_nuts", "ConvergenceWarning", "RHAT_MAX", "ESS_MIN", "diagnose", "warn_if_bad"]
+
+RHAT_MAX = 1.01
+ESS_MIN = 400
+
+
+class ConvergenceWarning(UserWarning):
+    """The sampler's diagnostics say the posterior may not be trustworthy."""
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """R-hat, bulk/tail ESS per variable, divergences and tree-depth hits.
+
+    Usage: ``fit.diagnostics.ok``, ``fit.diagnostics.table``, ``print(fit.diagnostics)``
+    """
+
+    table: pd.DataFrame  # one row per scalar posterior quantity: ess_bulk, ess_tail, r_hat
+    n_divergent: int
+    n_max_treedepth: int
+    n_draws: int
+    max_tree_depth: int
+
+    @property
+    def max_rhat(self) -> float:
+        return float(self.table["r_hat"].max())
+
+    @property
+    def min_ess_bulk(self) -> float:
+        return float(self.table["ess_bulk"].min())
+
+    @property
+    def min_ess_tail(self) -> float:
+        return float(self.table["ess_tail"].min())
+
+    def problems(self) -> list[str]:
+        """Plain-words description of each problem, with a suggested action. Usage: ``diag.problems()``."""
+        out = []
+        if not np.isfinite(self.max_rhat) or self.max_rhat > RHAT_MAX:
+            worst = self.table["r_hat"].fillna(np.inf).idxmax()
+            out.append(f"R-hat is {self.max_rhat:.3f} for {worst} (> {RHAT_MAX}): the chains disagree, so the "
+                       "posterior is not reliable. Run longer (more warmup and draws), or check the priors "
+                       "and the data for several competing fits.")
+        if not np.isfinite(self.min_ess_bulk) or self.min_ess_bulk < ESS_MIN or self.min_ess_tail < ESS_MIN:
+            worst = self.table["ess_bulk"].fillna(-1).idxmin()
+            out.append(f"Effective sample size is low (bulk {self.min_ess_bulk:.0f} for {worst}, tail "
+                       f"{self.min_ess_tail:.0f}; want >= {ESS_MIN}): bands and intervals are noisy. "
+                       "Increase draws.")
+        if self.n_divergent:
+            out.append(f"{self.n_divergent} of {self.n_draws} draws diverged: the sampler missed part of the "
+                       "posterior. Raise target_accept (e.g. 0.99), use likelihood='student_t' for outliers, "
+                       "or tighten the priors.")
+        if self.n_max_treedepth:
+            out.append(f"{self.n_max_treedepth} of {self.n_draws} draws hit the maximum tree depth "
+                       f"({self.max_tree_depth}): sampling is inefficient. Raise max_tree_depth.")
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems()
+
+    def __str__(self) -> str:
+        head = (f"max R-hat {self.max_rhat:.3f}, min bulk ESS {self.min_ess_bulk:.0f}, "
+                f"min tail ESS {self.min_ess_tail:.0f}, divergences {self.n_divergent}, "
+                f"max tree depth hits {self.n_max_treedepth}")
+        return head + "".join("\n  WARNING: " + p for p in self.problems())
+
+
+def diagnose(tree, sample_stats: dict, settings: SamplerSettings) -> Diagnostics:
+    """Diagnostics from ArviZ's summary and NumPyro's per-draw stats. Usage: internal."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        table = az.summary(tree, kind="diagnostics", round_to="none")
+    table = table[["ess_bulk", "ess_tail", "r_hat"]].astype(float)
+    steps = np.asarray(sample_stats["num_steps"])
+    return Diagnostics(
+        table=table,
+        n_divergent=int(np.sum(sample_stats["diverging"])),
+        n_max_treedepth=int(np.sum(steps >= 2 ** settings.max_tree_depth - 1)),
+        n_draws=int(steps.size),
+        max_tree_depth=settings.max_tree_depth,
+    )
+
+
+def run_nuts(model, data: dict, settings: SamplerSettings, coords: dict, dims: dict):
+    """Sample ``model(**data)`` with NUTS; return (DataTree, Diagnostics, MCMC).
+
+    Usage: ``tree, diag, mcmc = run_nuts(model, data, SamplerSettings(seed=1), coords, dims)``
+    """
+    numpyro.enable_x64()
+    kernel = NUTS(model, target_accept_prob=settings.target_accept, max_tree_depth=settings.max_tree_depth,
+                  init_strategy=init_to_median(num_samples=15))
+    mcmc = MCMC(kernel, num_warmup=settings.warmup, num_samples=settings.draws, num_chains=settings.chains,
+                chain_method=settings.chain_method, progress_bar=settings.progress_bar)
+    key_sample, key_ppc = jax.random.split(jax.random.PRNGKey(settings.seed))
+    mcmc.run(key_sample, **data, extra_fields=("diverging", "num_steps"))
+    ppc = None
+    if settings.posterior_predictive:
+        no_y = {k: v for k, v in data.items() if k != "y"}
+        ppc = Predictive(model, posterior_samples=mcmc.get_samples(), return_sites=["obs"])(key_ppc, **no_y)
+        ppc = {k: np.asarray(v).reshape(settings.chains, settings.draws, *v.shape[1:]) for k, v in ppc.items()}
+    tree = az.from_numpyro(mcmc, posterior_predictive=ppc, coords=coords, dims=dims)
+    return tree, diagnose(tree, mcmc.get_extra_fields(group_by_chain=True), settings), mcmc
+
+
+def warn_if_bad(diag: Diagnostics) -> None:
+    """Emit one ``ConvergenceWarning`` per problem, in plain words. Usage: ``warn_if_bad(fit.diagnostics)``."""
+    for problem in diag.problems():
+        warnings.warn(problem, ConvergenceWarning, stacklevel=3)

@@ -1,0 +1,113 @@
+"""NumPyro model built from a ``ModelSpec``: a plain function over arrays.
+
+Hierarchy, for each law parameter p in (loss_mid, log_slope, log_alpha) and cell k
+(an observed combination of group levels):
+
+    p[k] = mu_p + sum_f sd_{p,f} * z_{p,f}[level_f(k)] + cell effect,
+    cell effect ~ Normal(0, sd_{p,cell})
+
+Factor effects exist with two or more grouping factors (crossed design) and sum to zero
+over the levels (``ZeroSumNormal``: no ridge between mu and the effects); with one factor
+the cells are its levels. Parameters the data pin down (``spec.centered``: by default the
+level and slope over the fitted range) are centred at the cell level, the weakly identified
+exponent is non-centred. This, the reference parametrization of ``bayescale.laws`` and
+float64 make the model mix (see ``studies/parametrization.py``). The three law parameters
+share vector-valued sample sites, which keeps the JAX graph (and compile time) small.
+
+Usage: ``MCMC(NUTS(build_model(spec)), ...).run(key, **model_data(runs, spec))``
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+from .laws import saturating_loss
+from .runs import RunTable
+from .spec import LAW_PARAMS, ModelSpec
+
+__all__ = ["build_model", "model_data", "cell_values"]
+
+
+def model_data(runs: RunTable, spec: ModelSpec, with_response: bool = True) -> dict:
+    """Arrays the model takes, for ``runs`` coded by ``spec``'s levels. Usage: ``model_data(runs, spec)``."""
+    cell_index = {c: k for k, c in enumerate(spec.cells)}
+    if spec.groups:
+        keys = runs.data[list(spec.groups)].itertuples(index=False, name=None)
+        cell = np.array([cell_index[tuple(k)] for k in keys], dtype=np.int64)
+    else:
+        cell = np.zeros(runs.n_rows, dtype=np.int64)
+    out = {"u": runs.log_scale() - spec.log_x_ref, "cell": cell, "cell_levels": spec.cell_level_codes()}
+    out["y"] = runs.data[runs.response].to_numpy(np.float64) if with_response else None
+    return out
+
+
+def _split(spec: ModelSpec) -> tuple[list[int], list[int]]:
+    centered = [i for i, p in enumerate(LAW_PARAMS) if p in spec.centered]
+    return np.array(centered, dtype=int), np.array([i for i in range(len(LAW_PARAMS)) if i not in centered], dtype=int)
+
+
+def _base(draws: dict, spec: ModelSpec, cell_levels, xp):
+    """mu plus the factor effects, shape (..., 3, n_cells)."""
+    base = draws["mu"][..., :, None] + xp.zeros((len(LAW_PARAMS), len(spec.cells)))
+    if len(spec.groups) >= 2:
+        for f, factor in enumerate(spec.groups):
+            base = base + draws[f"sd_{factor}"][..., :, None] * draws[f"z_{factor}"][..., cell_levels[:, f]]
+    return base
+
+
+def cell_values(draws: dict, spec: ModelSpec, cell_levels, xp=np):
+    """Law parameters per cell, shape (..., 3, n_cells), from the sampled sites.
+
+    The one place where the hierarchy is assembled: the model calls it with ``jnp``,
+    the fit object with ``np`` on posterior draws. Usage: ``cell_values(samples, spec, codes)``
+    """
+    base = _base(draws, spec, cell_levels, xp)
+    if not spec.groups:
+        return base
+    centered, noncentered = _split(spec)
+    noncentered_vals = base[..., noncentered, :] + draws["sd_cell"][..., noncentered, None] * draws["z_cell"]
+    parts = {int(i): draws["cell_centered"][..., j : j + 1, :] for j, i in enumerate(centered)}
+    parts.update({int(i): noncentered_vals[..., j : j + 1, :] for j, i in enumerate(noncentered)})
+    return xp.concatenate([parts[i] for i in range(len(LAW_PARAMS))], axis=-2)
+
+
+def build_model(spec: ModelSpec):
+    """The NumPyro model function for ``spec``. Usage: ``model = build_model(spec)``."""
+    pri = spec.priors
+    loc = np.array([getattr(pri, p)[0] for p in LAW_PARAMS])
+    scale = np.array([getattr(pri, p)[1] for p in LAW_PARAMS])
+    group_sd = np.array([pri.group_sd[p] for p in LAW_PARAMS])
+    centered, noncentered = _split(spec)
+    n_cells, n_par = len(spec.cells), len(LAW_PARAMS)
+    grid = np.asarray(spec.grid)
+
+    def model(u, cell, cell_levels, y=None):
+        draws = {"mu": numpyro.sample("mu", dist.Normal(loc, scale).to_event(1))}
+        if spec.groups:
+            if len(spec.groups) >= 2:
+                for factor in spec.groups:
+                    draws[f"sd_{factor}"] = numpyro.sample(f"sd_{factor}", dist.HalfNormal(group_sd).to_event(1))
+                    n_levels = len(spec.levels[factor])
+                    draws[f"z_{factor}"] = numpyro.sample(
+                        f"z_{factor}", dist.ZeroSumNormal(1.0, event_shape=(n_levels,)).expand([n_par]).to_event(1))
+            draws["sd_cell"] = sd_cell = numpyro.sample("sd_cell", dist.HalfNormal(group_sd / 2).to_event(1))
+            base = _base(draws, spec, cell_levels, jnp)
+            draws["cell_centered"] = numpyro.sample(
+                "cell_centered", dist.Normal(base[centered], sd_cell[centered, None]).to_event(2))
+            draws["z_cell"] = numpyro.sample(
+                "z_cell", dist.Normal(jnp.zeros((len(noncentered), n_cells)), 1.0).to_event(2))
+        theta = cell_values(draws, spec, cell_levels, jnp)[..., cell]
+        mean = saturating_loss(u, theta[0], jnp.exp(theta[1]), jnp.exp(theta[2]), grid, xp=jnp)
+        sigma = numpyro.sample("sigma", dist.HalfNormal(pri.noise_sd))
+        if spec.likelihood == "student_t":
+            nu = numpyro.sample("nu", dist.Gamma(pri.nu_shape, pri.nu_rate))
+            noise = dist.StudentT(nu, mean, sigma)
+        else:
+            noise = dist.Normal(mean, sigma)
+        with numpyro.plate("runs", u.shape[0]):
+            numpyro.sample("obs", noise, obs=y)
+
+    return model
