@@ -8,8 +8,10 @@ Usage: ``tree, diag = run_nuts(model, data, settings, coords, dims)``
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import arviz as az
 import jax
@@ -104,16 +106,33 @@ def diagnose(tree, sample_stats: dict, settings: SamplerSettings) -> Diagnostics
     )
 
 
+def _use_compile_cache() -> None:
+    """Keep compiled kernels on disk so later processes skip most JIT time.
+
+    Uses ``$BAYESCALE_COMPILE_CACHE`` or ``~/.cache/bayescale/jax``; set the variable to ``0``
+    to disable; a cache directory the user configured in JAX is left alone.
+    """
+    where = os.environ.get("BAYESCALE_COMPILE_CACHE", str(Path.home() / ".cache" / "bayescale" / "jax"))
+    if where == "0" or jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def run_nuts(model, data: dict, settings: SamplerSettings, coords: dict, dims: dict):
     """Sample ``model(**data)`` with NUTS; return (DataTree, Diagnostics, MCMC).
 
     Usage: ``tree, diag, mcmc = run_nuts(model, data, SamplerSettings(seed=1), coords, dims)``
     """
     numpyro.enable_x64()
+    _use_compile_cache()
+    chain_method = settings.chain_method
+    if chain_method == "auto":
+        chain_method = "parallel" if jax.local_device_count() >= settings.chains > 1 else "vectorized"
     kernel = NUTS(model, target_accept_prob=settings.target_accept, max_tree_depth=settings.max_tree_depth,
                   init_strategy=init_to_median(num_samples=15))
     mcmc = MCMC(kernel, num_warmup=settings.warmup, num_samples=settings.draws, num_chains=settings.chains,
-                chain_method=settings.chain_method, progress_bar=settings.progress_bar)
+                chain_method=chain_method, progress_bar=settings.progress_bar)
     key_sample, key_ppc = jax.random.split(jax.random.PRNGKey(settings.seed))
     mcmc.run(key_sample, **data, extra_fields=("diverging", "num_steps"))
     ppc = None

@@ -130,8 +130,9 @@ class ModelSpec:
 class SamplerSettings:
     """NUTS settings. Usage: ``SamplerSettings(chains=4, draws=1000, seed=1)``.
 
-    Same seed and same data give identical draws. ``chain_method``: "vectorized" runs the
-    chains in one process (best on CPU), "parallel" on several devices (GPUs).
+    Same seed and same data give identical draws. ``chain_method``: "auto" runs chains in
+    parallel when JAX has one device per chain (on CPU bayescale asks XLA for 4 host devices
+    at import), else "vectorized" (one device, e.g. a single GPU); "sequential" also works.
     """
 
     chains: int = 4
@@ -140,6 +141,6 @@ class SamplerSettings:
     target_accept: float = 0.95
     max_tree_depth: int = 10
     seed: int = 0
-    chain_method: Literal["vectorized", "parallel", "sequential"] = "vectorized"
+    chain_method: Literal["auto", "vectorized", "parallel", "sequential"] = "auto"
     posterior_predictive: bool = True
     progress_bar: bool = False

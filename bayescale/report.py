@@ -1,0 +1,137 @@
+"""Self-contained HTML report of a fit: data, diagnostics, figures, tables and notes.
+
+Usage:
+    from bayescale.report import write_report
+    write_report(fit, "reports/gadre.html", heldout=test_df, tables={"errors": err_df}, notes=["..."])
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from . import plots
+
+__all__ = ["write_report"]
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1400px; margin: 1.5em auto; padding: 0 1em; color: #222; }
+h1 { border-bottom: 2px solid #ccc; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+table.dataframe { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
+table.dataframe th, table.dataframe td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
+table.dataframe thead th { background: #f2f2f2; }
+pre { background: #f7f7f7; padding: 0.6em; white-space: pre-wrap; }
+.problems { background: #fff3cd; border: 1px solid #e0b200; padding: 0.4em 1em; margin: 0.6em 0; }
+.ok { background: #e6f4ea; border: 1px solid #6cbf84; padding: 0.4em 1em; margin: 0.6em 0; }
+img { max-width: 100%; } .meta { color: #666; font-size: 0.85em; }
+"""
+
+
+def _png(fig, dpi: int = 90) -> str:
+    """A figure as an <img> tag with an embedded base64 PNG."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}">'
+
+
+def _table(df: pd.DataFrame, index: bool = True) -> str:
+    return df.to_html(index=index, escape=True, float_format=lambda v: f"{v:.4g}", border=0, na_rep="")
+
+
+def _data_section(fit) -> list[str]:
+    runs = fit.runs
+    data, scale = runs.data, runs.scale
+    by_cell = runs.cells()
+    if runs.groups:
+        extent = data.groupby(list(runs.groups), sort=True)[scale].agg(["min", "max"]).reset_index()
+        by_cell = by_cell.merge(extent, on=list(runs.groups), how="left")
+    else:
+        by_cell["min"], by_cell["max"] = data[scale].min(), data[scale].max()
+    by_cell = by_cell.rename(columns={"min": f"min {scale}", "max": f"max {scale}"})
+    facts = [f"{runs.n_rows} runs in {len(fit.spec.cell_labels)} cell(s)",
+             f"grouping factors: {', '.join(runs.groups) or '(none)'}",
+             f"{scale}: {data[scale].min():.4g} to {data[scale].max():.4g}",
+             f"{runs.response}: {data[runs.response].min():.4g} to {data[runs.response].max():.4g}",
+             f"likelihood: {fit.spec.likelihood}; sampler: {fit.settings.chains} chains x "
+             f"{fit.settings.draws} draws ({fit.settings.warmup} warmup), seed {fit.settings.seed}"]
+    out = ["<h2>Data</h2>", "<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in facts) + "</ul>"]
+    if runs.notes:
+        out.append("<p>Notes from loading:</p><ul>"
+                   + "".join(f"<li>{html.escape(n)}</li>" for n in runs.notes) + "</ul>")
+    out.append(_table(by_cell, index=False))
+    return out
+
+
+def _diagnostics_section(fit) -> list[str]:
+    diag = fit.diagnostics
+    problems = diag.problems()
+    box = ('<div class="problems"><b>Problems</b><ul>' + "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+           + "</ul></div>") if problems else '<div class="ok">No convergence problems found.</div>'
+    table = diag.table
+    return ["<h2>Diagnostics</h2>", f"<pre>{html.escape(str(diag))}</pre>", box,
+            "<h3>Worst 10 by R-hat</h3>", _table(table.sort_values("r_hat", ascending=False).head(10)),
+            "<h3>Worst 10 by bulk ESS</h3>", _table(table.sort_values("ess_bulk").head(10))]
+
+
+def _render(fit, title: str, heldout, tables, notes) -> str:
+    """The whole report as one HTML string (renders every figure; may raise)."""
+    figures = [("Fit and forecast bands", "Law median with 90% credible band (dark) and 90% predictive band of "
+                "a new run (light) per cell; grey: extrapolation beyond the cell's largest fitted run"
+                + ("; red crosses: held-out runs." if heldout is not None else "."),
+                lambda: plots.plot_fit_bands(fit, heldout=heldout)),
+               ("Parameter posteriors", "L_inf, a and alpha per cell.", lambda: plots.plot_param_posteriors(fit)),
+               ("Rank plots", "Rank ECDF differences per chain for the hyper-parameters: lines outside the "
+                "band (black) mean the chains disagree.", lambda: plots.plot_trace_rank(fit)),
+               ("Posterior predictive check", "Observed runs against their posterior predictive intervals.",
+                lambda: plots.plot_ppc(fit))]
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f'<p class="meta">generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by bayescale</p>']
+    parts += _data_section(fit)
+    parts += _diagnostics_section(fit)
+    for heading, caption, make in figures:
+        parts += [f"<h2>{html.escape(heading)}</h2>", f"<p>{html.escape(caption)}</p>", _png(make())]
+    parts += ["<h2>Parameter summary</h2>", _table(fit.summary(), index=False)]
+    if tables:
+        parts.append("<h2>Tables</h2>")
+        for name, df in tables.items():
+            parts += [f"<h3>{html.escape(str(name))}</h3>", _table(df)]
+    if notes:
+        parts += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "</ul>"]
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            + "\n".join(parts) + "\n</body>\n</html>\n")
+
+
+def write_report(fit, path, *, title: str = "bayescale report", heldout: pd.DataFrame | None = None,
+                 tables: dict[str, pd.DataFrame] | None = None, notes: list[str] | None = None) -> Path:
+    """Write one self-contained HTML report (figures embedded as PNG) and return its path.
+
+    The report is rendered in memory, written to a temporary file in the target directory and
+    moved onto ``path`` with ``os.replace``: a failure never leaves a half-written report and
+    never destroys an existing one. The parent directory is created if needed.
+    Usage: ``write_report(fit, "out/report.html", heldout=test_df, tables={"coverage": cov}, notes=["..."])``
+    """
+    path = Path(path)
+    text = _render(fit, title, heldout, tables, notes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    tmp = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
+                                      suffix=".tmp", delete=False)
+    try:
+        with tmp:
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp.name, mode)  # NamedTemporaryFile creates 0600; give the report normal permissions
+        os.replace(tmp.name, path)
+    except BaseException:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise
+    return path

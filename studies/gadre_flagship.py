@@ -1,0 +1,95 @@
+"""Flagship study: forecast Gadre et al.'s 1.4B and 6.9B models from the smaller ones.
+
+Data: ``data/gadre_loss.csv.gz`` (Gadre et al. 2024; see data/README.md). One tokens-per-parameter
+setting, M = 20 (Chinchilla-optimal), so that compute is the only scale; curves are grouped by
+train dataset x eval set (3 x 8 = 24 curves, 4 fitted models each: 11M, 79M, 154M, 412M params).
+Held back: the 1.4B and 6.9B models at M = 20 (48 runs, 12x-280x the largest fitted compute).
+
+Prints, side by side with a per-curve ``scipy.optimize.curve_fit`` in the same run: the median
+absolute relative error of the held-back runs and the fraction covered by the 90% bands.
+Writes an HTML report.
+
+Usage: ``python studies/gadre_flagship.py [--out reports/gadre_flagship.html] [--seed 0]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bayescale import SamplerSettings, fit_law, load_runs
+from bayescale.baselines import curve_fit_forecast
+from bayescale.report import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "gadre_loss.csv.gz"
+GROUPS = ["train_dataset", "eval_set"]
+SCALE = "compute_flops"
+HOLDOUT_PARAMS = 1e9  # models with more parameters than this are held back
+
+
+def heldout_forecasts(fit, heldout: pd.DataFrame) -> pd.DataFrame:
+    """bayescale's forecast (median, 90% predictive band) for each held-back run."""
+    rows = []
+    for key, part in heldout.groupby(GROUPS):
+        fc = fit.forecast(part[SCALE].to_numpy(), group=key, intervals=(0.9,))
+        rows.append(pd.DataFrame({"bs_median": fc["median"].to_numpy(), "bs_lower": fc["pred_lower_90"].to_numpy(),
+                                  "bs_upper": fc["pred_upper_90"].to_numpy()}, index=part.index))
+    return pd.concat(rows).loc[heldout.index]
+
+
+def score(heldout: pd.DataFrame, prefix: str) -> dict:
+    """Median absolute relative error and 90% band coverage of one method's forecasts."""
+    y = heldout["loss"].to_numpy()
+    med, lo, hi = (heldout[f"{prefix}_{k}"].to_numpy(float) for k in ("median", "lower", "upper"))
+    ok = np.isfinite(med)
+    return {"median_abs_rel_error_%": 100 * float(np.median(np.abs(med[ok] - y[ok]) / y[ok])),
+            "coverage_90": float(np.mean((lo[ok] <= y[ok]) & (y[ok] <= hi[ok]))),
+            "n_forecast": int(ok.sum()), "n_failed": int((~ok).sum())}
+
+
+def main(argv=None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "reports" / "gadre_flagship.html"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    runs = load_runs(DATA, scale=SCALE, groups=GROUPS, query="tokens_per_param == 20")
+    fit_mask = runs.data["params"] < HOLDOUT_PARAMS
+    train, heldout = runs.subset(fit_mask), runs.data[~fit_mask].copy()
+    print(f"fitting {train.n_rows} runs in {len(train.cells())} curves; holding back {len(heldout)} runs "
+          f"({sorted(heldout['params'].unique().astype(int))} params)")
+
+    t0 = time.perf_counter()
+    fit = fit_law(train, settings=SamplerSettings(seed=args.seed))
+    print(f"bayescale fit: {time.perf_counter() - t0:.1f} s\ndiagnostics: {fit.diagnostics}")
+
+    heldout = heldout.join(heldout_forecasts(fit, heldout))
+    t0 = time.perf_counter()
+    cf = curve_fit_forecast(train.data, heldout, scale=SCALE, groups=GROUPS, interval=0.9)
+    heldout = heldout.join(cf)
+    print(f"curve_fit (24 curves): {time.perf_counter() - t0:.2f} s")
+
+    table = []
+    for size, part in [("all", heldout), *heldout.groupby("params")]:
+        label = size if size == "all" else f"{size / 1e9:.1f}B"
+        table.append({"held_out": label, "method": "bayescale (90% predictive band)", **score(part, "bs")})
+        table.append({"held_out": label, "method": "curve_fit (90% delta-method band)", **score(part, "cf")})
+    table = pd.DataFrame(table)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+    path = write_report(fit, args.out, title="bayescale flagship: Gadre et al. losses, M = 20",
+                        heldout=heldout[GROUPS + [SCALE, "loss"]],
+                        tables={"Held-back 1.4B / 6.9B runs: bayescale vs curve_fit": table},
+                        notes=[f"Fitted on models < {HOLDOUT_PARAMS:.0e} params; held back {len(heldout)} runs."])
+    print(f"report written: {path}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
