@@ -27,10 +27,10 @@ __all__ = ["Fit", "fit_law", "POPULATION"]
 POPULATION = "(new)"
 
 
-def _interval_columns(prefix: str, draws: np.ndarray, intervals: Sequence[float]) -> dict:
+def _interval_columns(prefix: str, draws: np.ndarray, intervals: Sequence[float], method: str = "linear") -> dict:
     out = {}
     for mass in intervals:
-        lo, hi = np.quantile(draws, [(1 - mass) / 2, (1 + mass) / 2], axis=0)
+        lo, hi = np.quantile(draws, [(1 - mass) / 2, (1 + mass) / 2], axis=0, method=method)
         tag = f"{round(100 * mass):d}"
         out[f"{prefix}lower_{tag}"], out[f"{prefix}upper_{tag}"] = lo, hi
     return out
@@ -108,14 +108,19 @@ class Fit:
         return sigma * rng.standard_normal(shape)
 
     def _group_columns(self, group) -> dict:
+        """Group columns of a result table, and ``new_group``: True where a level was not fitted."""
         resolved = self._resolve(group)
-        return {f: (level if level is not None else POPULATION) for f, level in resolved.items()}
+        levels = tuple(resolved[f] for f in self.spec.groups)
+        out = {f: (level if level is not None else POPULATION) for f, level in resolved.items()}
+        out["new_group"] = bool(self.spec.groups) and levels not in self.spec.cells
+        return out
 
     # ---- forecasts -----------------------------------------------------------------------
     def forecast(self, scales, group=None, intervals: Sequence[float] = (0.5, 0.9), seed: int = 0) -> pd.DataFrame:
         """Law and new-run forecasts at ``scales`` (raw units of the scale column).
 
-        Columns: ``scale``, the group columns (``"(new)"`` for a level the fit has not seen),
+        Columns: ``scale``, the group columns (``"(new)"`` for ``None``), ``new_group`` (True
+        when the curve was not fitted, so its forecast comes from the population level),
         ``median``, ``mean``, ``lower_XX``/``upper_XX`` (credible band of the law),
         ``pred_lower_XX``/``pred_upper_XX`` (predictive band of a new run), and
         ``scale_over_max_fitted`` (> 1 means extrapolation beyond the group's largest run).
@@ -163,8 +168,9 @@ class Fit:
             return draws
         out = {"target_loss": [float(target_loss)], **{k: [v] for k, v in self._group_columns(group).items()},
                "prob_unreachable": [float(np.mean(~np.isfinite(draws)))],
-               "median": [float(np.quantile(draws, 0.5))]}
-        out.update({k: [float(v)] for k, v in _interval_columns("", draws, intervals).items()})
+               "median": [float(np.quantile(draws, 0.5, method="inverted_cdf"))]}
+        # inverted_cdf: no interpolation, so quantiles among unreachable (inf) draws are inf, not nan
+        out.update({k: [float(v)] for k, v in _interval_columns("", draws, intervals, "inverted_cdf").items()})
         return pd.DataFrame(out)
 
     # ---- summaries -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ Variants (all 4 chains, ``chain_method="vectorized"``, same warmup/draws, same s
 
 - a: naive NumPyro model written here: per-curve L_inf, log a, alpha with a non-centred hierarchy
   ``theta_g = mu + sd * z_g``, law ``L_inf + exp(log a - alpha * log x)`` in uncentred log x,
-  float32 (JAX's default), NUTS defaults (target_accept 0.8);
+  float32 (JAX's default), NUTS defaults (target_accept 0.8) started at prior medians as bayescale is;
 - b: ``bayescale.fit_law`` with default settings (float64, reference parametrization, centred
   cell effects for the level and slope, target_accept 0.95, includes the posterior predictive);
 - c: as a, in float64 (is it precision?);
@@ -37,7 +37,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pandas as pd
-from numpyro.infer import MCMC, NUTS
+from numpyro.infer import MCMC, NUTS, init_to_median
 
 from bayescale import SamplerSettings, fit_law, load_runs
 from bayescale.simulate import simulate_runs
@@ -136,7 +136,7 @@ def fit_naive(runs: pd.DataFrame, truth: pd.DataFrame, *, centred: bool, x64: bo
             "group": jnp.asarray(pd.Categorical(runs[GROUP], categories=levels).codes.astype(np.int32)),
             "n_groups": len(levels)}
     t0 = time.perf_counter()
-    mcmc = MCMC(NUTS(naive_model, max_tree_depth=max_tree_depth), num_warmup=warmup, num_samples=draws,
+    mcmc = MCMC(NUTS(naive_model, max_tree_depth=max_tree_depth, init_strategy=init_to_median(num_samples=15)), num_warmup=warmup, num_samples=draws,
                 num_chains=4, chain_method="vectorized", progress_bar=False)
     mcmc.run(jax.random.PRNGKey(seed), **data, extra_fields=("diverging", "num_steps"))
     dims = {name: [GROUP] for name in ("loss_floor", "log_a", "alpha", "z_loss_floor", "z_log_a", "z_alpha")}
