@@ -10,7 +10,7 @@ Usage:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,7 @@ class Fit:
     settings: SamplerSettings
     tree: object  # arviz DataTree: posterior, posterior_predictive, observed_data, sample_stats
     diagnostics: Diagnostics
+    timings: dict = field(default_factory=dict)  # seconds: "sampling" (incl. "compile"), see run_nuts
 
     # ---- posterior draws -------------------------------------------------------------
     def _flat(self, name: str) -> np.ndarray:
@@ -228,10 +229,12 @@ def fit_law(runs: RunTable, *, likelihood: str = "normal", priors: Priors | None
               **{f"{g}_level": spec.levels[g] for g in spec.groups}}
     dims = {"mu": ["law_param"], "sd_cell": ["law_param"], "cell_centered": ["centered_param", "cell"],
             "z_cell": ["noncentered_param", "cell"]}
+    if len(centered) == len(LAW_PARAMS):
+        del coords["noncentered_param"], dims["z_cell"]
     for g in spec.groups:
         dims.update({f"sd_{g}": ["law_param"], f"z_{g}": ["law_param", f"{g}_level"]})
-    tree, _, mcmc = run_nuts(build_model(spec), model_data(runs, spec), settings, coords, dims)
+    tree, mcmc, timings = run_nuts(build_model(spec), model_data(runs, spec), settings, coords, dims)
     tree = _add_cell_quantities(tree, spec)
     diagnostics = diagnose(tree, mcmc.get_extra_fields(group_by_chain=True), settings)
     warn_if_bad(diagnostics)
-    return Fit(runs=runs, spec=spec, settings=settings, tree=tree, diagnostics=diagnostics)
+    return Fit(runs=runs, spec=spec, settings=settings, tree=tree, diagnostics=diagnostics, timings=timings)

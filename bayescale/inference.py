@@ -3,13 +3,15 @@
 The engine knows models and arrays, not reports. x64 is switched on here (``numpyro.enable_x64``)
 because the law's ridge needs float64 on CPU; seeds are explicit (``SamplerSettings.seed``).
 
-Usage: ``tree, diag = run_nuts(model, data, settings, coords, dims)``
+Usage: ``tree, mcmc, timings = run_nuts(model, data, settings, coords, dims)``
 """
 
 from __future__ import annotations
 
 import os
+import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,9 +122,11 @@ def _use_compile_cache() -> None:
 
 
 def run_nuts(model, data: dict, settings: SamplerSettings, coords: dict, dims: dict):
-    """Sample ``model(**data)`` with NUTS; return (DataTree, Diagnostics, MCMC).
+    """Sample ``model(**data)`` with NUTS; return (DataTree, MCMC, timings in seconds).
 
-    Usage: ``tree, diag, mcmc = run_nuts(model, data, SamplerSettings(seed=1), coords, dims)``
+    ``timings``: ``sampling`` (compilation + warmup + draws, waited for: JAX runs asynchronously)
+    and ``compile`` (the part JAX reports as tracing, lowering and compiling).
+    Usage: ``tree, mcmc, timings = run_nuts(model, data, SamplerSettings(seed=1), coords, dims)``
     """
     numpyro.enable_x64()
     _use_compile_cache()
@@ -134,14 +138,39 @@ def run_nuts(model, data: dict, settings: SamplerSettings, coords: dict, dims: d
     mcmc = MCMC(kernel, num_warmup=settings.warmup, num_samples=settings.draws, num_chains=settings.chains,
                 chain_method=chain_method, progress_bar=settings.progress_bar)
     key_sample, key_ppc = jax.random.split(jax.random.PRNGKey(settings.seed))
-    mcmc.run(key_sample, **data, extra_fields=("diverging", "num_steps"))
+    with _compile_clock() as compile_s:
+        t0 = time.perf_counter()
+        mcmc.run(key_sample, **data, extra_fields=("diverging", "num_steps"))
+        jax.block_until_ready(mcmc.get_samples())
+        timings = {"sampling": time.perf_counter() - t0}
+    timings["compile"] = compile_s[0]
     ppc = None
     if settings.posterior_predictive:
         no_y = {k: v for k, v in data.items() if k != "y"}
         ppc = Predictive(model, posterior_samples=mcmc.get_samples(), return_sites=["obs"])(key_ppc, **no_y)
         ppc = {k: np.asarray(v).reshape(settings.chains, settings.draws, *v.shape[1:]) for k, v in ppc.items()}
     tree = az.from_numpyro(mcmc, posterior_predictive=ppc, coords=coords, dims=dims)
-    return tree, diagnose(tree, mcmc.get_extra_fields(group_by_chain=True), settings), mcmc
+    return tree, mcmc, timings
+
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+
+
+@contextmanager
+def _compile_clock():
+    """Sum of JAX's compile-time events inside the block, in a one-element list."""
+    total = [0.0]
+
+    def listener(event, duration, **_):
+        if event in _COMPILE_EVENTS:
+            total[0] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield total
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def warn_if_bad(diag: Diagnostics) -> None:

@@ -9,9 +9,9 @@ Hierarchy, for each law parameter p in (loss_mid, log_slope, log_alpha) and cell
 Factor effects exist with two or more grouping factors (crossed design) and sum to zero
 over the levels (``ZeroSumNormal``: no ridge between mu and the effects); with one factor
 the cells are its levels. Parameters the data pin down (``spec.centered``: by default the
-level and slope over the fitted range) are centred at the cell level, the weakly identified
-exponent is non-centred. This, the reference parametrization of ``bayescale.laws`` and
-float64 make the model mix (see ``studies/parametrization.py``). The three law parameters
+level and slope over the fitted range, and the exponent for dense curves) are centred at the
+cell level; the exponent of sparse curves is non-centred. This, the reference parametrization
+of ``bayescale.laws`` and float64 make the model mix (see ``studies/parametrization.py``). The three law parameters
 share vector-valued sample sites, which keeps the JAX graph (and compile time) small.
 
 Usage: ``MCMC(NUTS(build_model(spec)), ...).run(key, **model_data(runs, spec))``
@@ -68,9 +68,10 @@ def cell_values(draws: dict, spec: ModelSpec, cell_levels, xp=np):
     if not spec.groups:
         return base
     centered, noncentered = _split(spec)
-    noncentered_vals = base[..., noncentered, :] + draws["sd_cell"][..., noncentered, None] * draws["z_cell"]
     parts = {int(i): draws["cell_centered"][..., j : j + 1, :] for j, i in enumerate(centered)}
-    parts.update({int(i): noncentered_vals[..., j : j + 1, :] for j, i in enumerate(noncentered)})
+    if len(noncentered):
+        noncentered_vals = base[..., noncentered, :] + draws["sd_cell"][..., noncentered, None] * draws["z_cell"]
+        parts.update({int(i): noncentered_vals[..., j : j + 1, :] for j, i in enumerate(noncentered)})
     return xp.concatenate([parts[i] for i in range(len(LAW_PARAMS))], axis=-2)
 
 
@@ -97,8 +98,9 @@ def build_model(spec: ModelSpec):
             base = _base(draws, spec, cell_levels, jnp)
             draws["cell_centered"] = numpyro.sample(
                 "cell_centered", dist.Normal(base[centered], sd_cell[centered, None]).to_event(2))
-            draws["z_cell"] = numpyro.sample(
-                "z_cell", dist.Normal(jnp.zeros((len(noncentered), n_cells)), 1.0).to_event(2))
+            if len(noncentered):
+                draws["z_cell"] = numpyro.sample(
+                    "z_cell", dist.Normal(jnp.zeros((len(noncentered), n_cells)), 1.0).to_event(2))
         theta = cell_values(draws, spec, cell_levels, jnp)[..., cell]
         mean = saturating_loss(u, theta[0], jnp.exp(theta[1]), jnp.exp(theta[2]), grid, xp=jnp)
         sigma = numpyro.sample("sigma", dist.HalfNormal(pri.noise_sd))

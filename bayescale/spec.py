@@ -16,13 +16,18 @@ import numpy as np
 
 from .runs import RunTable
 
-__all__ = ["Priors", "ModelSpec", "SamplerSettings", "default_priors", "LAW_PARAMS", "GRID_POINTS"]
+__all__ = ["Priors", "ModelSpec", "SamplerSettings", "default_priors", "LAW_PARAMS", "GRID_POINTS",
+           "CENTER_ALPHA_MIN_SCALES"]
 
 #: Sampled per-group quantities of the saturating law (see ``bayescale.laws``).
 LAW_PARAMS = ("loss_mid", "log_slope", "log_alpha")
 
 #: Number of points of the reference grid spanning the fitted log-scale range.
 GRID_POINTS = 5
+
+#: Curves with at least this many distinct scales (median over curves) pin down their exponent,
+#: so it is sampled centred too; with fewer it is non-centred (see ``ModelSpec.centered``).
+CENTER_ALPHA_MIN_SCALES = 8
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,10 @@ class ModelSpec:
     """What to fit: the law, the grouping factors and their levels, priors and likelihood.
 
     ``centered`` lists the per-cell parameters sampled in the centred parametrization
-    (those the data pin down); the others are non-centred. Usage: ``ModelSpec.from_runs(runs)``.
+    (those the data pin down); the others are non-centred. ``from_runs`` always centres the
+    level and slope, and centres the exponent too when the median curve has at least
+    ``CENTER_ALPHA_MIN_SCALES`` distinct scales (dense curves: non-centring them makes NUTS take
+    several times more steps). Usage: ``ModelSpec.from_runs(runs)``.
     """
 
     scale: str
@@ -102,13 +110,17 @@ class ModelSpec:
         cells = runs.cells()
         u = runs.log_scale() - log_x_ref
         grid = tuple(float(g) for g in np.linspace(u.min(), u.max(), GRID_POINTS))
+        per_curve = runs.data.groupby(list(runs.groups))[runs.scale].nunique() if runs.groups else \
+            runs.data[[runs.scale]].nunique()
+        dense = float(np.median(per_curve)) >= CENTER_ALPHA_MIN_SCALES
+        centered = ("loss_mid", "log_slope", "log_alpha") if dense else ("loss_mid", "log_slope")
         return cls(
             scale=runs.scale, response=runs.response, groups=runs.groups,
             levels={g: runs.levels(g) for g in runs.groups},
             cells=tuple(tuple(r) for r in cells[list(runs.groups)].itertuples(index=False)),
             log_x_ref=log_x_ref, grid=grid,
             priors=priors if priors is not None else default_priors(runs, log_x_ref),
-            likelihood=likelihood,
+            likelihood=likelihood, centered=centered,
         )
 
     @property
