@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import arviz as az
 import numpy as np
 import pandas as pd
 
@@ -103,10 +104,8 @@ class Fit:
         return {"loss_mid": theta[0], "slope": np.exp(theta[1]), "alpha": np.exp(theta[2])}
 
     def _noise(self, shape, rng) -> np.ndarray:
-        sigma = self._flat("sigma")[:, None]
-        if self.spec.likelihood == "student_t":
-            return sigma * rng.standard_t(self._flat("nu")[:, None], size=shape)
-        return sigma * rng.standard_normal(shape)
+        nu = self._flat("nu")[:, None] if self.spec.likelihood == "student_t" else None
+        return new_run_noise(self._flat("sigma")[:, None], nu, shape, rng)
 
     def _group_columns(self, group) -> dict:
         """Group columns of a result table, and ``new_group``: True where a level was not fitted."""
@@ -201,6 +200,26 @@ class Fit:
         return pd.DataFrame(rows)
 
 
+def new_run_noise(sigma, nu, shape, rng) -> np.ndarray:
+    """Deviation of a new run from the law: Normal, or Student-t when ``nu`` is given. Usage: internal."""
+    if nu is not None:
+        return sigma * rng.standard_t(np.broadcast_to(nu, shape), size=shape)
+    return sigma * rng.standard_normal(shape)
+
+
+def _add_posterior_predictive(tree, spec: ModelSpec, data: dict, seed: int):
+    """Replicated losses of the fitted runs, one per posterior draw (NumPy; no extra JIT)."""
+    post = tree.posterior
+    theta = np.stack([post[name].values for name in LAW_PARAMS], axis=-2)[..., data["cell"]]  # (c, d, 3, n)
+    mean = saturating_loss(data["u"], theta[..., 0, :], np.exp(theta[..., 1, :]), np.exp(theta[..., 2, :]),
+                           spec.grid)
+    nu = post["nu"].values[..., None] if spec.likelihood == "student_t" else None
+    obs = mean + new_run_noise(post["sigma"].values[..., None], nu, mean.shape, np.random.default_rng(seed))
+    tree["posterior_predictive"] = az.from_dict({"posterior_predictive": {"obs": obs}},
+                                                dims={"obs": ["run"]})["posterior_predictive"]
+    return tree
+
+
 def _add_cell_quantities(tree, spec: ModelSpec):
     """Add per-cell law parameters and L_inf, a, alpha to the posterior (numpy, after sampling)."""
     post = tree.posterior.to_dataset()
@@ -233,8 +252,11 @@ def fit_law(runs: RunTable, *, likelihood: str = "normal", priors: Priors | None
         del coords["noncentered_param"], dims["z_cell"]
     for g in spec.groups:
         dims.update({f"sd_{g}": ["law_param"], f"z_{g}": ["law_param", f"{g}_level"]})
-    tree, mcmc, timings = run_nuts(build_model(spec), model_data(runs, spec), settings, coords, dims)
+    data = model_data(runs, spec)
+    tree, _, timings = run_nuts(build_model(spec), data, settings, coords, dims)
     tree = _add_cell_quantities(tree, spec)
-    diagnostics = diagnose(tree, mcmc.get_extra_fields(group_by_chain=True), settings)
+    if settings.posterior_predictive:
+        tree = _add_posterior_predictive(tree, spec, data, settings.seed)
+    diagnostics = diagnose(tree, settings)
     warn_if_bad(diagnostics)
     return Fit(runs=runs, spec=spec, settings=settings, tree=tree, diagnostics=diagnostics, timings=timings)

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import numpyro
 import pandas as pd
-from numpyro.infer import MCMC, NUTS, Predictive, init_to_median
+from numpyro.infer import MCMC, NUTS, init_to_median
 
 from .spec import SamplerSettings
 
@@ -92,16 +92,16 @@ class Diagnostics:
         return head + "".join("\n  WARNING: " + p for p in self.problems())
 
 
-def diagnose(tree, sample_stats: dict, settings: SamplerSettings) -> Diagnostics:
-    """Diagnostics from ArviZ's summary and NumPyro's per-draw stats. Usage: internal."""
+def diagnose(tree, settings: SamplerSettings) -> Diagnostics:
+    """Diagnostics from ArviZ's summary and the sampler's per-draw stats. Usage: ``diagnose(tree, settings)``."""
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         table = az.summary(tree, kind="diagnostics", round_to="none")
     table = table[["ess_bulk", "ess_tail", "r_hat"]].astype(float)
-    steps = np.asarray(sample_stats["num_steps"])
+    steps = np.asarray(tree.sample_stats["n_steps"].values)
     return Diagnostics(
         table=table,
-        n_divergent=int(np.sum(sample_stats["diverging"])),
+        n_divergent=int(np.sum(tree.sample_stats["diverging"].values)),
         n_max_treedepth=int(np.sum(steps >= 2 ** settings.max_tree_depth - 1)),
         n_draws=int(steps.size),
         max_tree_depth=settings.max_tree_depth,
@@ -124,8 +124,10 @@ def _use_compile_cache() -> None:
 def run_nuts(model, data: dict, settings: SamplerSettings, coords: dict, dims: dict):
     """Sample ``model(**data)`` with NUTS; return (DataTree, MCMC, timings in seconds).
 
-    ``timings``: ``sampling`` (compilation + warmup + draws, waited for: JAX runs asynchronously)
-    and ``compile`` (the part JAX reports as tracing, lowering and compiling).
+    The DataTree holds ``posterior``, ``sample_stats`` (``diverging``, ``n_steps``) and
+    ``observed_data`` (``obs``, when ``data`` has ``y``). ``timings``: ``sampling`` (compilation +
+    warmup + draws, waited for: JAX runs asynchronously) and ``compile`` (the part JAX reports as
+    tracing, lowering and compiling).
     Usage: ``tree, mcmc, timings = run_nuts(model, data, SamplerSettings(seed=1), coords, dims)``
     """
     numpyro.enable_x64()
@@ -137,19 +139,18 @@ def run_nuts(model, data: dict, settings: SamplerSettings, coords: dict, dims: d
                   init_strategy=init_to_median(num_samples=15))
     mcmc = MCMC(kernel, num_warmup=settings.warmup, num_samples=settings.draws, num_chains=settings.chains,
                 chain_method=chain_method, progress_bar=settings.progress_bar)
-    key_sample, key_ppc = jax.random.split(jax.random.PRNGKey(settings.seed))
     with _compile_clock() as compile_s:
         t0 = time.perf_counter()
-        mcmc.run(key_sample, **data, extra_fields=("diverging", "num_steps"))
-        jax.block_until_ready(mcmc.get_samples())
+        mcmc.run(jax.random.PRNGKey(settings.seed), **data, extra_fields=("diverging", "num_steps"))
+        samples = jax.device_get(mcmc.get_samples(group_by_chain=True))
         timings = {"sampling": time.perf_counter() - t0}
     timings["compile"] = compile_s[0]
-    ppc = None
-    if settings.posterior_predictive:
-        no_y = {k: v for k, v in data.items() if k != "y"}
-        ppc = Predictive(model, posterior_samples=mcmc.get_samples(), return_sites=["obs"])(key_ppc, **no_y)
-        ppc = {k: np.asarray(v).reshape(settings.chains, settings.draws, *v.shape[1:]) for k, v in ppc.items()}
-    tree = az.from_numpyro(mcmc, posterior_predictive=ppc, coords=coords, dims=dims)
+    stats = jax.device_get(mcmc.get_extra_fields(group_by_chain=True))
+    groups = {"posterior": {k: np.asarray(v) for k, v in samples.items()},
+              "sample_stats": {"diverging": np.asarray(stats["diverging"]), "n_steps": np.asarray(stats["num_steps"])}}
+    if data.get("y") is not None:
+        groups["observed_data"] = {"obs": np.asarray(data["y"])}
+    tree = az.from_dict(groups, coords=coords, dims={**dims, "obs": ["run"]})
     return tree, mcmc, timings
 
 
