@@ -130,7 +130,7 @@ def run_nuts(model, data: dict, settings: SamplerSettings, coords: dict, dims: d
     tracing, lowering and compiling).
     Usage: ``tree, mcmc, timings = run_nuts(model, data, SamplerSettings(seed=1), coords, dims)``
     """
-    numpyro.enable_x64()
+    numpyro.enable_x64(settings.precision == "float64")
     _use_compile_cache()
     chain_method = settings.chain_method
     if chain_method == "auto":

@@ -154,5 +154,6 @@ class SamplerSettings:
     max_tree_depth: int = 10
     seed: int = 0
     chain_method: Literal["auto", "vectorized", "parallel", "sequential"] = "auto"
+    precision: Literal["float64", "float32"] = "float64"  # float32: faster on GPUs, less exact
     posterior_predictive: bool = True
     progress_bar: bool = False
