@@ -9,16 +9,22 @@ Usage:
 import os as _os
 import sys as _sys
 
-# Chains run in parallel on CPU through one XLA host device per chain. XLA reads this flag once,
-# when JAX starts its CPU backend, so it is set here, before bayescale imports JAX, and only if
-# JAX is not imported yet and the user has not set it. See bayescale.inference.
-if "jax" not in _sys.modules and "xla_force_host_platform_device_count" not in _os.environ.get("XLA_FLAGS", ""):
-    _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+# XLA reads its flags once, when JAX starts a backend, so they are set here, before bayescale
+# imports JAX, only if JAX is not imported yet, and never over a flag the user has set:
+# - one XLA host device per chain, so chains run in parallel on CPU (see bayescale.inference);
+# - deterministic GPU reductions, so the same seed gives the same draws on a GPU too (without it,
+#   repeated fits on an H200 differed; with it they were identical).
+_FLAGS = {"xla_force_host_platform_device_count": "4", "xla_gpu_deterministic_ops": "true"}
+if "jax" not in _sys.modules:
+    _flags = _os.environ.get("XLA_FLAGS", "")
+    _flags += "".join(f" --{k}={v}" for k, v in _FLAGS.items() if k not in _flags)
+    _os.environ["XLA_FLAGS"] = _flags.strip()
 
 from .fit import Fit, fit_law  # noqa: E402
 from .inference import ConvergenceWarning, Diagnostics
+from .io import load_fit, save_fit
 from .runs import RunTable, RunTableError, load_runs
 from .spec import ModelSpec, Priors, SamplerSettings
 
 __all__ = ["load_runs", "RunTable", "RunTableError", "fit_law", "Fit", "ModelSpec", "Priors",
-           "SamplerSettings", "Diagnostics", "ConvergenceWarning"]
+           "SamplerSettings", "Diagnostics", "ConvergenceWarning", "save_fit", "load_fit"]
