@@ -5,6 +5,12 @@ Usage:
     fit = fit_law(runs)
     fit.forecast([1e21, 1e22], group="c4_val")
     fit.required_scale(2.8, group="c4_val")
+
+Two-variable law L(N, D) = E + A/N^alpha + B/D^beta and compute-optimal allocation:
+    fit = fit_law(load_runs("chinchilla.csv", scale="compute_flops"), law="chinchilla", likelihood="student_t")
+    fit.forecast({"params": [7e10], "tokens": [1.4e12]})
+    fit.compute_optimal([5.76e23])          # N_opt, D_opt, tokens per parameter, loss, exponents a, b
+    fit.required_compute(1.9)               # budget to reach a loss at the optimal allocation
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ import arviz as az
 import numpy as np
 import pandas as pd
 
+from . import allocation
 from .inference import Diagnostics, diagnose, run_nuts, warn_if_bad
-from .laws import log_scale_to_reach, natural_params, saturating_loss
+from .laws import log_scale_to_reach
 from .model import build_model, cell_values, model_data
 from .runs import RunTable
-from .spec import LAW_PARAMS, ModelSpec, Priors, SamplerSettings
+from .spec import ModelSpec, Priors, SamplerSettings
 
 __all__ = ["Fit", "fit_law", "POPULATION"]
 
@@ -76,17 +83,26 @@ class Fit:
         return {f: (str(group[f]) if group.get(f) is not None else None) for f in factors}
 
     def param_draws(self, group=None, seed: int = 0) -> dict:
-        """Draws of loss_mid, slope, alpha for a group; unseen levels come from the population.
+        """Draws of the law's parameters for a group; unseen levels come from the population.
 
+        Keys: the sampled parameters with logs undone (``log_slope`` -> ``slope``): for the default
+        law ``loss_mid``, ``slope``, ``alpha``; for ``"chinchilla"`` ``loss_mid``, ``slope_N``,
+        ``slope_D``, ``alpha``, ``beta`` (see ``bayescale.laws``; ``natural_draws`` gives E, A, B, ...).
         ``group``: None (a new group: population-level), a level (one factor), a tuple of levels
         or a dict {factor: level}; a level the fit has not seen is drawn from the hierarchy.
         Usage: ``fit.param_draws({"eval_set": "c4_val", "train_dataset": "rpj"})``
         """
+        theta = self._theta_draws(group, seed)
+        return {k.removeprefix("log_"): (np.exp(v) if k.startswith("log_") else v) for k, v in theta.items()}
+
+    def _theta_draws(self, group=None, seed: int = 0) -> dict:
+        """Draws of the sampled law parameters (log slopes, log exponents) for a group, {name: (S,)}."""
+        params = self.spec.law_params
         resolved = self._resolve(group)
         levels = tuple(resolved[f] for f in self.spec.groups)
         if not self.spec.groups or levels in self.spec.cells:
             k = self.spec.cells.index(levels) if self.spec.groups else 0
-            theta = [self._flat(name)[:, k] for name in LAW_PARAMS]
+            theta = [self._flat(name)[:, k] for name in params]
         else:
             rng = np.random.default_rng(seed)
             value = self._flat("mu")
@@ -100,8 +116,8 @@ class Fit:
                     value = value + sd * z
             sd_cell = self._flat("sd_cell")
             value = value + sd_cell * rng.standard_normal(sd_cell.shape)
-            theta = [value[:, i] for i in range(len(LAW_PARAMS))]
-        return {"loss_mid": theta[0], "slope": np.exp(theta[1]), "alpha": np.exp(theta[2])}
+            theta = [value[:, i] for i in range(len(params))]
+        return dict(zip(params, theta))
 
     def _noise(self, shape, rng) -> np.ndarray:
         nu = self._flat("nu")[:, None] if self.spec.likelihood == "student_t" else None
@@ -116,6 +132,39 @@ class Fit:
         return out
 
     # ---- forecasts -----------------------------------------------------------------------
+    def _covariates(self, scales) -> tuple[dict, dict]:
+        """Raw covariate columns {column: (n,)} from ``scales``, validated."""
+        columns = self.spec.covariate_columns
+        if len(columns) == 1:
+            values = {"scale": np.atleast_1d(np.asarray(scales, dtype=np.float64))}
+        else:
+            if isinstance(scales, pd.DataFrame):
+                scales = {c: scales[c].to_numpy() for c in scales.columns}
+            if not isinstance(scales, dict) or any(c not in scales for c in columns):
+                raise ValueError(f"the {self.spec.law!r} law needs scales as a dict or DataFrame with columns "
+                                 f"{list(columns)}, e.g. "
+                                 f"fit.forecast({{{columns[0]!r}: [7e10], {columns[1]!r}: [1.4e12]}})")
+            arrays = np.broadcast_arrays(*[np.atleast_1d(np.asarray(scales[c], dtype=np.float64)) for c in columns])
+            values = dict(zip(columns, arrays))
+        for v in values.values():
+            if np.any(~np.isfinite(v)) or np.any(v <= 0):
+                raise ValueError(f"scales must be finite and > 0, got {v[(~np.isfinite(v)) | (v <= 0)][:3]}")
+        return values
+
+    def law_draws(self, scales, group=None, seed: int = 0) -> np.ndarray:
+        """Posterior draws of the law (expected loss), shape (draws, len(scales)).
+
+        ``scales``: raw values of the scale column, or for a multi-covariate law a dict/DataFrame
+        with its columns (e.g. ``{"params": ..., "tokens": ...}``).
+        Usage: ``fit.law_draws([1e21, 1e22], group="c4_val")``
+        """
+        values = self._covariates(scales)
+        theta = {k: v[:, None] for k, v in self._theta_draws(group, seed=seed).items()}
+        law = self.spec.law_def
+        cov = {name: np.log(x)[None, :] - ref
+               for name, x, ref in zip(law.covariates, values.values(), self.spec.law_log_refs)}
+        return law.mean(theta, cov, self.spec.law_grids)
+
     def forecast(self, scales, group=None, intervals: Sequence[float] = (0.5, 0.9), seed: int = 0) -> pd.DataFrame:
         """Law and new-run forecasts at ``scales`` (raw units of the scale column).
 
@@ -124,30 +173,31 @@ class Fit:
         ``median``, ``mean``, ``lower_XX``/``upper_XX`` (credible band of the law),
         ``pred_lower_XX``/``pred_upper_XX`` (predictive band of a new run), and
         ``scale_over_max_fitted`` (> 1 means extrapolation beyond the group's largest run).
-        Usage: ``fit.forecast([1e21, 1e22], group="c4_val", intervals=(0.8, 0.95))``
+        For a two-variable law ``scales`` is a dict or DataFrame with the law's columns (e.g.
+        ``params``, ``tokens``), which replace ``scale`` in the output, and
+        ``scale_over_max_fitted`` compares the product N*D (i.e. compute) with the largest fitted one.
+        Usage: ``fit.forecast([1e21, 1e22], group="c4_val", intervals=(0.8, 0.95))``,
+        ``fit.forecast({"params": [7e10], "tokens": [1.4e12]})``
         """
-        scales = np.atleast_1d(np.asarray(scales, dtype=np.float64))
-        if np.any(~np.isfinite(scales)) or np.any(scales <= 0):
-            raise ValueError(f"scales must be finite and > 0, got {scales[(~np.isfinite(scales)) | (scales <= 0)][:3]}")
+        values = self._covariates(scales)
         rng = np.random.default_rng(seed)
-        p = self.param_draws(group, seed=seed)
-        u = np.log(scales)[None, :] - self.spec.log_x_ref
-        law = saturating_loss(u, p["loss_mid"][:, None], p["slope"][:, None], p["alpha"][:, None], self.spec.grid)
+        law = self.law_draws(values if len(values) > 1 else values["scale"], group, seed=seed)
         pred = law + self._noise(law.shape, rng)
-        out = {"scale": scales, **self._group_columns(group),
+        out = {**values, **self._group_columns(group),
                "median": np.median(law, axis=0), "mean": law.mean(axis=0)}
         out.update(_interval_columns("", law, intervals))
         out.update(_interval_columns("pred_", pred, intervals))
-        out["scale_over_max_fitted"] = scales / self._max_fitted_scale(group)
+        out["scale_over_max_fitted"] = np.prod(list(values.values()), axis=0) / self._max_fitted_scale(group)
         return pd.DataFrame(out)
 
     def _max_fitted_scale(self, group) -> float:
+        """Largest fitted scale of the group (for several covariates: largest product of them)."""
         data = self.runs.data
         mask = np.ones(len(data), bool)
         for factor, level in self._resolve(group).items():
             if level is not None:
                 mask &= (data[factor] == level).to_numpy()
-        scales = data[self.runs.scale].to_numpy()
+        scales = np.prod([data[c].to_numpy(np.float64) for c in self.spec.covariate_columns], axis=0)
         return float(scales[mask].max() if mask.any() else scales.max())
 
     def required_scale(self, target_loss: float, group=None, intervals: Sequence[float] = (0.5, 0.9),
@@ -160,6 +210,9 @@ class Fit:
         With ``return_draws=True`` returns the draws instead (``inf`` = unreachable).
         Usage: ``fit.required_scale(2.5, group="c4_val")``
         """
+        if self.spec.law != "saturating":
+            raise ValueError(f"required_scale needs a one-variable law; for the {self.spec.law!r} law use "
+                             "fit.required_compute(target_loss) (budget at the compute-optimal allocation)")
         p = self.param_draws(group)
         u = log_scale_to_reach(float(target_loss), p["loss_mid"], p["slope"], p["alpha"], self.spec.grid)
         draws = np.exp(np.minimum(u + self.spec.log_x_ref, 700.0))
@@ -174,13 +227,56 @@ class Fit:
         return pd.DataFrame(out)
 
     # ---- summaries -----------------------------------------------------------------------
-    def natural_draws(self, group=None) -> dict:
-        """Draws of L_inf (``loss_floor``), ``a`` and ``alpha`` for a group. Usage: ``fit.natural_draws("c4_val")``."""
-        p = self.param_draws(group)
-        return natural_params(p["loss_mid"], p["slope"], p["alpha"], self.spec.grid, self.spec.log_x_ref)
+    def natural_draws(self, group=None, seed: int = 0) -> dict:
+        """Draws of the natural parameters for a group: L_inf (``loss_floor``), ``a``, ``alpha``, or for
+        ``"chinchilla"`` ``E``, ``A``, ``B``, ``alpha``, ``beta``. Usage: ``fit.natural_draws("c4_val")``."""
+        return self.spec.law_def.natural(self._theta_draws(group, seed), self.spec.law_grids, self.spec.law_log_refs)
+
+    # ---- compute-optimal allocation (two-variable laws) -----------------------------------
+    def _allocation_draws(self, group, seed: int) -> dict:
+        if self.spec.law != "chinchilla":
+            raise ValueError("compute-optimal allocation needs the two-variable law "
+                             "(fit_law(runs, law='chinchilla')); "
+                             f"this fit uses {self.spec.law!r}")
+        return self.natural_draws(group, seed)
+
+    def compute_optimal(self, compute, group=None, intervals: Sequence[float] = (0.8,),
+                        flops_per_param_token: float = 6.0, flops_per_token=None, seed: int = 0) -> pd.DataFrame:
+        """Posterior of the compute-optimal allocation at budgets ``compute`` (FLOPs), one row per budget.
+
+        Columns: ``compute``, group columns, then for each of ``n_opt``, ``d_opt``,
+        ``tokens_per_param``, ``loss_opt``, ``a`` (N_opt ~ C^a), ``b`` (D_opt ~ C^b): ``<q>_median``
+        and ``<q>_lower_XX``/``<q>_upper_XX``. C = ``flops_per_param_token`` * N * D, or
+        ``C = flops_per_token(N) * D`` when a callable is given (solved numerically).
+        See ``bayescale.allocation``. Usage: ``fit.compute_optimal([5.76e23], intervals=(0.8, 0.95))``
+        """
+        alloc = allocation.optimal_allocation(self._allocation_draws(group, seed), compute,
+                                              flops_per_param_token=flops_per_param_token,
+                                              flops_per_token=flops_per_token)
+        return allocation.summarize(alloc, intervals, leading={**self._group_columns(group)})
+
+    def required_compute(self, target_loss, group=None, intervals: Sequence[float] = (0.8,),
+                         flops_per_param_token: float = 6.0, return_draws: bool = False, seed: int = 0):
+        """Posterior of the budget C (FLOPs) that reaches ``target_loss`` at the compute-optimal allocation.
+
+        One row per target: ``prob_unreachable`` (target <= E), ``median`` and interval columns
+        (``inf`` where the quantile falls among unreachable draws). ``return_draws=True``: draws,
+        shape (draws, n_targets). Usage: ``fit.required_compute([2.0, 1.95])``
+        """
+        draws = allocation.required_compute(self._allocation_draws(group, seed), target_loss,
+                                            flops_per_param_token=flops_per_param_token)
+        if return_draws:
+            return draws
+        targets = np.atleast_1d(np.asarray(target_loss, dtype=np.float64))
+        out = {"target_loss": targets, **self._group_columns(group),
+               "prob_unreachable": np.mean(~np.isfinite(draws), axis=0),
+               "median": np.quantile(draws, 0.5, axis=0, method="inverted_cdf")}
+        out.update(_interval_columns("", draws, intervals, "inverted_cdf"))
+        return pd.DataFrame(out)
 
     def summary(self, interval: float = 0.9) -> pd.DataFrame:
-        """Per fitted curve: median and interval of L_inf, a, alpha, with R-hat and ESS.
+        """Per fitted curve: median and interval of the natural parameters (L_inf, a, alpha; or
+        E, A, B, alpha, beta), with R-hat and ESS.
 
         Usage: ``print(fit.summary())``
         """
@@ -188,7 +284,7 @@ class Fit:
         lo_q, hi_q = (1 - interval) / 2, (1 + interval) / 2
         tag = f"{round(100 * interval):d}"
         for k, cell in enumerate(self.spec.cells if self.spec.groups else [()]):
-            for name in ("loss_floor", "a", "alpha"):
+            for name in self.spec.law_def.natural_names:
                 draws = self._flat(name)[:, k]
                 key = f"{name}[{self.spec.cell_labels[k]}]" if self.spec.groups else f"{name}[all]"
                 diag = self.diagnostics.table.loc[key] if key in self.diagnostics.table.index else None
@@ -209,10 +305,9 @@ def new_run_noise(sigma, nu, shape, rng) -> np.ndarray:
 
 def _add_posterior_predictive(tree, spec: ModelSpec, data: dict, seed: int):
     """Replicated losses of the fitted runs, one per posterior draw (NumPy; no extra JIT)."""
-    post = tree.posterior
-    theta = np.stack([post[name].values for name in LAW_PARAMS], axis=-2)[..., data["cell"]]  # (c, d, 3, n)
-    mean = saturating_loss(data["u"], theta[..., 0, :], np.exp(theta[..., 1, :]), np.exp(theta[..., 2, :]),
-                           spec.grid)
+    post, law = tree.posterior, spec.law_def
+    theta = {name: post[name].values[..., data["cell"]] for name in law.params}  # (chain, draw, run)
+    mean = law.mean(theta, {c: data[c] for c in law.covariates}, spec.law_grids)
     nu = post["nu"].values[..., None] if spec.likelihood == "student_t" else None
     obs = mean + new_run_noise(post["sigma"].values[..., None], nu, mean.shape, np.random.default_rng(seed))
     tree["posterior_predictive"] = az.from_dict({"posterior_predictive": {"obs": obs}},
@@ -221,34 +316,37 @@ def _add_posterior_predictive(tree, spec: ModelSpec, data: dict, seed: int):
 
 
 def _add_cell_quantities(tree, spec: ModelSpec):
-    """Add per-cell law parameters and L_inf, a, alpha to the posterior (numpy, after sampling)."""
+    """Add per-cell law parameters and natural parameters (L_inf, a, alpha; or E, A, B, ...) to the posterior."""
     post = tree.posterior.to_dataset()
     draws = {name: post[name].values for name in post.data_vars}
-    theta = cell_values(draws, spec, spec.cell_level_codes())  # (chain, draw, 3, cell)
+    theta = cell_values(draws, spec, spec.cell_level_codes())  # (chain, draw, n_params, cell)
     theta = np.broadcast_to(theta, theta.shape[:-1] + (len(spec.cells),))
-    new = {name: theta[..., i, :] for i, name in enumerate(LAW_PARAMS)}
-    new.update(natural_params(new["loss_mid"], np.exp(new["log_slope"]), np.exp(new["log_alpha"]),
-                              spec.grid, spec.log_x_ref))
+    new = {name: theta[..., i, :] for i, name in enumerate(spec.law_params)}
+    new.update(spec.law_def.natural(new, spec.law_grids, spec.law_log_refs))
     post = post.assign({k: (("chain", "draw", "cell"), v) for k, v in new.items()})
     tree["posterior"] = post.assign_coords(cell=spec.cell_labels)
     return tree
 
 
 def fit_law(runs: RunTable, *, likelihood: str = "normal", priors: Priors | None = None,
-            settings: SamplerSettings | None = None, spec: ModelSpec | None = None) -> Fit:
-    """Fit the hierarchical saturating law ``L = L_inf + a * x**-alpha`` with NUTS.
+            settings: SamplerSettings | None = None, spec: ModelSpec | None = None, law: str = "saturating") -> Fit:
+    """Fit a hierarchical law with NUTS: by default ``L = L_inf + a * x**-alpha`` in the scale column;
+    ``law="chinchilla"``: ``L = E + A/N**alpha + B/D**beta`` in the run table's ``params_col`` and
+    ``tokens_col`` (same hierarchy, priors and likelihoods; see ``bayescale.laws``).
 
-    Usage: ``fit = fit_law(runs, likelihood="student_t", settings=SamplerSettings(seed=1))``
+    Usage: ``fit = fit_law(runs, likelihood="student_t", settings=SamplerSettings(seed=1))``,
+    ``fit_law(runs, law="chinchilla", likelihood="student_t")``
     """
-    spec = spec or ModelSpec.from_runs(runs, likelihood=likelihood, priors=priors)
+    spec = spec or ModelSpec.from_runs(runs, likelihood=likelihood, priors=priors, law=law)
     settings = settings or SamplerSettings()
-    centered = [p for p in LAW_PARAMS if p in spec.centered]
-    coords = {"law_param": list(LAW_PARAMS), "cell": spec.cell_labels, "centered_param": centered,
-              "noncentered_param": [p for p in LAW_PARAMS if p not in centered],
+    params = spec.law_params
+    centered = [p for p in params if p in spec.centered]
+    coords = {"law_param": list(params), "cell": spec.cell_labels, "centered_param": centered,
+              "noncentered_param": [p for p in params if p not in centered],
               **{f"{g}_level": spec.levels[g] for g in spec.groups}}
     dims = {"mu": ["law_param"], "sd_cell": ["law_param"], "cell_centered": ["centered_param", "cell"],
             "z_cell": ["noncentered_param", "cell"]}
-    if len(centered) == len(LAW_PARAMS):
+    if len(centered) == len(params):
         del coords["noncentered_param"], dims["z_cell"]
     for g in spec.groups:
         dims.update({f"sd_{g}": ["law_param"], f"z_{g}": ["law_param", f"{g}_level"]})

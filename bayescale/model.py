@@ -1,7 +1,8 @@
 """NumPyro model built from a ``ModelSpec``: a plain function over arrays.
 
-Hierarchy, for each law parameter p in (loss_mid, log_slope, log_alpha) and cell k
-(an observed combination of group levels):
+Hierarchy, for each sampled law parameter p (``spec.law_params``: for the default law
+loss_mid, log_slope, log_alpha; see ``bayescale.laws``) and cell k (an observed combination of
+group levels):
 
     p[k] = mu_p + sum_f sd_{p,f} * z_{p,f}[level_f(k)] + cell effect,
     cell effect ~ Normal(0, sd_{p,cell})
@@ -11,8 +12,9 @@ over the levels (``ZeroSumNormal``: no ridge between mu and the effects); with o
 the cells are its levels. Parameters the data pin down (``spec.centered``: by default the
 level and slope over the fitted range, and the exponent for dense curves) are centred at the
 cell level; the exponent of sparse curves is non-centred. This, the reference parametrization
-of ``bayescale.laws`` and float64 make the model mix (see ``studies/parametrization.py``). The three law parameters
-share vector-valued sample sites, which keeps the JAX graph (and compile time) small.
+of ``bayescale.laws`` and float64 make the model mix (see ``studies/parametrization.py``). The law parameters
+share vector-valued sample sites, which keeps the JAX graph (and compile time) small. The law's mean
+function comes from ``spec.law_def`` and its covariates (``u``; or ``uN``, ``uD``) from ``model_data``.
 
 Usage: ``MCMC(NUTS(build_model(spec)), ...).run(key, **model_data(runs, spec))``
 """
@@ -24,9 +26,8 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from .laws import saturating_loss
 from .runs import RunTable
-from .spec import LAW_PARAMS, ModelSpec
+from .spec import ModelSpec, law_log_covariates
 
 __all__ = ["build_model", "model_data", "cell_values"]
 
@@ -39,19 +40,22 @@ def model_data(runs: RunTable, spec: ModelSpec, with_response: bool = True) -> d
         cell = np.array([cell_index[tuple(k)] for k in keys], dtype=np.int64)
     else:
         cell = np.zeros(runs.n_rows, dtype=np.int64)
-    out = {"u": runs.log_scale() - spec.log_x_ref, "cell": cell, "cell_levels": spec.cell_level_codes()}
+    law = spec.law_def
+    out = {name: x - ref for name, x, ref in zip(law.covariates, law_log_covariates(runs, law), spec.law_log_refs)}
+    out.update({"cell": cell, "cell_levels": spec.cell_level_codes()})
     out["y"] = runs.data[runs.response].to_numpy(np.float64) if with_response else None
     return out
 
 
-def _split(spec: ModelSpec) -> tuple[list[int], list[int]]:
-    centered = [i for i, p in enumerate(LAW_PARAMS) if p in spec.centered]
-    return np.array(centered, dtype=int), np.array([i for i in range(len(LAW_PARAMS)) if i not in centered], dtype=int)
+def _split(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    params = spec.law_params
+    centered = [i for i, p in enumerate(params) if p in spec.centered]
+    return np.array(centered, dtype=int), np.array([i for i in range(len(params)) if i not in centered], dtype=int)
 
 
 def _base(draws: dict, spec: ModelSpec, cell_levels, xp):
-    """mu plus the factor effects, shape (..., 3, n_cells)."""
-    base = draws["mu"][..., :, None] + xp.zeros((len(LAW_PARAMS), len(spec.cells)))
+    """mu plus the factor effects, shape (..., n_params, n_cells)."""
+    base = draws["mu"][..., :, None] + xp.zeros((len(spec.law_params), len(spec.cells)))
     if len(spec.groups) >= 2:
         for f, factor in enumerate(spec.groups):
             base = base + draws[f"sd_{factor}"][..., :, None] * draws[f"z_{factor}"][..., cell_levels[:, f]]
@@ -59,7 +63,7 @@ def _base(draws: dict, spec: ModelSpec, cell_levels, xp):
 
 
 def cell_values(draws: dict, spec: ModelSpec, cell_levels, xp=np):
-    """Law parameters per cell, shape (..., 3, n_cells), from the sampled sites.
+    """Law parameters per cell, shape (..., n_params, n_cells), from the sampled sites.
 
     The one place where the hierarchy is assembled: the model calls it with ``jnp``,
     the fit object with ``np`` on posterior draws. Usage: ``cell_values(samples, spec, codes)``
@@ -72,20 +76,23 @@ def cell_values(draws: dict, spec: ModelSpec, cell_levels, xp=np):
     if len(noncentered):
         noncentered_vals = base[..., noncentered, :] + draws["sd_cell"][..., noncentered, None] * draws["z_cell"]
         parts.update({int(i): noncentered_vals[..., j : j + 1, :] for j, i in enumerate(noncentered)})
-    return xp.concatenate([parts[i] for i in range(len(LAW_PARAMS))], axis=-2)
+    return xp.concatenate([parts[i] for i in range(len(spec.law_params))], axis=-2)
 
 
 def build_model(spec: ModelSpec):
     """The NumPyro model function for ``spec``. Usage: ``model = build_model(spec)``."""
-    pri = spec.priors
-    loc = np.array([getattr(pri, p)[0] for p in LAW_PARAMS])
-    scale = np.array([getattr(pri, p)[1] for p in LAW_PARAMS])
-    group_sd = np.array([pri.group_sd[p] for p in LAW_PARAMS])
+    pri, law = spec.priors, spec.law_def
+    loc = np.array([pri.loc_scale(p)[0] for p in law.params])
+    scale = np.array([pri.loc_scale(p)[1] for p in law.params])
+    missing = [p for p in law.params if p not in pri.group_sd]
+    if missing:
+        raise ValueError(f"priors.group_sd lacks {missing}; it needs one spread per law parameter {list(law.params)}")
+    group_sd = np.array([pri.group_sd[p] for p in law.params])
     centered, noncentered = _split(spec)
-    n_cells, n_par = len(spec.cells), len(LAW_PARAMS)
-    grid = np.asarray(spec.grid)
+    n_cells, n_par = len(spec.cells), len(law.params)
+    grids = spec.law_grids
 
-    def model(u, cell, cell_levels, y=None):
+    def model(cell, cell_levels, y=None, **covariates):
         draws = {"mu": numpyro.sample("mu", dist.Normal(loc, scale).to_event(1))}
         if spec.groups:
             if len(spec.groups) >= 2:
@@ -102,14 +109,14 @@ def build_model(spec: ModelSpec):
                 draws["z_cell"] = numpyro.sample(
                     "z_cell", dist.Normal(jnp.zeros((len(noncentered), n_cells)), 1.0).to_event(2))
         theta = cell_values(draws, spec, cell_levels, jnp)[..., cell]
-        mean = saturating_loss(u, theta[0], jnp.exp(theta[1]), jnp.exp(theta[2]), grid, xp=jnp)
+        mean = law.mean(dict(zip(law.params, theta)), covariates, grids, xp=jnp)
         sigma = numpyro.sample("sigma", dist.HalfNormal(pri.noise_sd))
         if spec.likelihood == "student_t":
             nu = numpyro.sample("nu", dist.Gamma(pri.nu_shape, pri.nu_rate))
             noise = dist.StudentT(nu, mean, sigma)
         else:
             noise = dist.Normal(mean, sigma)
-        with numpyro.plate("runs", u.shape[0]):
+        with numpyro.plate("runs", cell.shape[0]):
             numpyro.sample("obs", noise, obs=y)
 
     return model

@@ -1,4 +1,5 @@
-"""Figures of a fit: forecast bands per cell, parameter posteriors, rank plots, PPC.
+"""Figures of a fit: forecast bands per cell, parameter posteriors, rank plots, PPC, and for
+two-variable laws IsoFLOP curves and the compute-optimal frontier.
 
 Every function takes a ``Fit`` and returns a ``matplotlib.figure.Figure``; nothing is written
 to disk and no global backend is chosen. Figures built here are plain ``Figure`` objects (not
@@ -21,7 +22,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-__all__ = ["plot_fit_bands", "plot_param_posteriors", "plot_trace_rank", "plot_ppc"]
+from . import allocation
+
+__all__ = ["plot_fit_bands", "plot_param_posteriors", "plot_trace_rank", "plot_ppc", "plot_isoflop",
+           "plot_optimal_frontier"]
 
 _BAND, _PRED, _EXTRA = "C0", "C0", "0.5"
 
@@ -66,6 +70,9 @@ def plot_fit_bands(fit, heldout: pd.DataFrame | None = None, extrapolate_to: flo
     grouping factors). ``extrapolate_to`` defaults to 100x the largest run.
     Usage: ``plot_fit_bands(fit, heldout=test_runs, extrapolate_to=1e23)``
     """
+    if len(fit.spec.covariate_columns) > 1:
+        raise ValueError(f"plot_fit_bands needs a one-variable law; for the {fit.spec.law!r} law use "
+                         "plot_isoflop(fit) and plot_optimal_frontier(fit)")
     data, groups = fit.runs.data, fit.spec.groups
     scale_col = fit.runs.scale
     lo, hi = float(data[scale_col].min()), float(data[scale_col].max())
@@ -120,18 +127,25 @@ def _flat_cells(fit, name: str) -> np.ndarray:
     return values.reshape(-1, values.shape[-1])
 
 
+_TITLES = {"loss_floor": "L_inf (loss floor)", "E": "E (loss floor)"}
+
+
 def plot_param_posteriors(fit) -> Figure:
-    """Forest plot of L_inf, a (log axis) and alpha per cell: median, 50% and 90% intervals.
+    """Forest plot of the natural parameters per cell (L_inf, a (log axis), alpha; or E, A, B, alpha,
+    beta): median, 50% and 90% intervals.
 
     Drawn with matplotlib because ``az.plot_forest`` puts all variables on one shared x axis,
     which is unreadable when ``a`` is orders of magnitude larger than ``alpha``.
     Usage: ``plot_param_posteriors(fit).savefig("params.png")``
     """
+    law = fit.spec.law_def
     labels = fit.spec.cell_labels
     y = np.arange(len(labels))[::-1]
-    fig = Figure(figsize=(10, 1.2 + 0.22 * len(labels)), layout="constrained")
-    axes = fig.subplots(1, 3, sharey=True)
-    for ax, (name, title) in zip(axes, [("loss_floor", "L_inf (loss floor)"), ("a", "a"), ("alpha", "alpha")]):
+    names = law.natural_names
+    fig = Figure(figsize=(10 * len(names) / 3, 1.2 + 0.22 * len(labels)), layout="constrained")
+    axes = fig.subplots(1, len(names), sharey=True)
+    for ax, name in zip(axes, names):
+        title = _TITLES.get(name, name)
         q = np.quantile(_flat_cells(fit, name), [0.05, 0.25, 0.5, 0.75, 0.95], axis=0)
         ax.hlines(y, q[0], q[4], color="C0", lw=1)
         ax.hlines(y, q[1], q[3], color="C0", lw=3.5)
@@ -139,7 +153,7 @@ def plot_param_posteriors(fit) -> Figure:
         ax.set_title(title, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
         ax.tick_params(labelsize=7)
-        if name == "a":
+        if name in law.coefficient_names:
             ax.set_xscale("log")
     axes[0].set_yticks(y, labels)
     fig.suptitle("posterior median, 50% (thick) and 90% (thin) intervals per cell", fontsize=9)
@@ -212,4 +226,152 @@ def plot_ppc(fit, interval: float = 0.9) -> Figure:
     tag = round(100 * interval)
     ax.set_title(f"posterior predictive check: {tag}% interval covers {inside.sum()}/{len(y)} runs "
                  f"({inside.mean():.0%}); 50% covers {inside50.mean():.0%}", fontsize=9)
+    return fig
+
+
+# ---- compute-optimal allocation (two-variable laws) -------------------------------------------
+def _run_compute(fit, flops_per_param_token: float) -> np.ndarray:
+    """Compute of each fitted run, k * N * D, from the law's covariate columns."""
+    data = fit.runs.data
+    n, d = (data[c].to_numpy(np.float64) for c in fit.spec.covariate_columns)
+    return flops_per_param_token * n * d
+
+
+def _check_two_variable(fit) -> None:
+    if fit.spec.law != "chinchilla":
+        raise ValueError(f"needs a two-variable law (fit_law(runs, law='chinchilla')); this fit uses {fit.spec.law!r}")
+
+
+def _group_mask(fit, group) -> np.ndarray:
+    data = fit.runs.data
+    mask = np.ones(len(data), bool)
+    for factor, level in fit._resolve(group).items():
+        if level is not None:
+            mask &= (data[factor] == level).to_numpy()
+    return mask
+
+
+def _format_flops(c: float) -> str:
+    exp = math.floor(math.log10(c))
+    mant = c / 10 ** exp
+    return f"{mant:.3g}e{exp}" if abs(mant - 1) > 1e-9 else f"1e{exp}"
+
+
+def plot_isoflop(fit, budgets=None, group=None, interval: float = 0.9, flops_per_param_token: float = 6.0,
+                 n_range: tuple[float, float] | None = None, run_tolerance: float = 0.1) -> Figure:
+    """IsoFLOP curves: loss against model size N at fixed budgets C (D = C / (k N)), with bands.
+
+    Per budget: posterior median of the law (line), ``interval`` credible band (shaded), and the
+    compute-optimal N_opt (dot at the median, horizontal bar: its ``interval``). Fitted runs whose
+    compute k*N*D lies within ``run_tolerance`` decades of a budget are drawn in its colour.
+    ``budgets`` defaults to 5 budgets spread over the fitted runs' compute.
+    Usage: ``plot_isoflop(fit, budgets=[6e18, 1e20, 3e21]).savefig("isoflop.png")``
+    """
+    _check_two_variable(fit)
+    draws = fit.natural_draws(group)
+    compute = _run_compute(fit, flops_per_param_token)
+    mask = _group_mask(fit, group)
+    n_col, _ = fit.spec.covariate_columns
+    n_runs = fit.runs.data[n_col].to_numpy(np.float64)
+    if budgets is None:
+        lo, hi = np.quantile(np.log10(compute[mask]), [0.05, 0.95])
+        budgets = 10 ** np.linspace(lo, hi, 5)
+    budgets = np.sort(np.atleast_1d(np.asarray(budgets, np.float64)))
+    alloc = allocation.optimal_allocation(draws, budgets, flops_per_param_token)
+    if n_range is None:
+        n_lo, n_hi = n_runs[mask].min() / 3, n_runs[mask].max() * 3
+        n_lo = min(n_lo, float(np.quantile(alloc["n_opt"], 0.05)) / 3)
+        n_hi = max(n_hi, float(np.quantile(alloc["n_opt"], 0.95)) * 3)
+        n_range = (n_lo, n_hi)
+    n_grid = np.geomspace(*n_range, 120)
+    q_lo, q_hi = (1 - interval) / 2, (1 + interval) / 2
+    fig = Figure(figsize=(7.5, 5.0), layout="constrained")
+    ax = fig.subplots()
+    colors = [_color(i, len(budgets)) for i in range(len(budgets))]
+    for j, (c, color) in enumerate(zip(budgets, colors)):
+        loss = allocation.isoflop_loss(draws, c, n_grid, flops_per_param_token)
+        lo, med, hi = np.quantile(loss, [q_lo, 0.5, q_hi], axis=0)
+        ax.fill_between(n_grid, lo, hi, color=color, alpha=0.25, lw=0)
+        ax.plot(n_grid, med, color=color, lw=1.2, label=f"C = {_format_flops(c)}")
+        near = mask & (np.abs(np.log10(compute / c)) <= run_tolerance)
+        ax.plot(n_runs[near], fit.runs.data[fit.runs.response].to_numpy()[near], "o", ms=3.5, color=color,
+                mec="k", mew=0.4)
+        n_lo_opt, n_med, n_hi_opt = np.quantile(alloc["n_opt"][:, j], [q_lo, 0.5, q_hi])
+        l_med = np.median(alloc["loss_opt"][:, j])
+        ax.errorbar([n_med], [l_med], xerr=[[n_med - n_lo_opt], [n_hi_opt - n_med]], fmt="o", ms=5,
+                    color=color, mec="k", capsize=2, lw=1.2)
+    ax.set_xscale("log")
+    shown = fit.runs.data[fit.runs.response].to_numpy()[mask]
+    ax.set_ylim(min(np.quantile(alloc["loss_opt"], 0.01), shown.min()) - 0.05,
+                max(np.quantile(shown, 0.95), np.median(alloc["loss_opt"], axis=0).max()) + 0.25)
+    ax.set_xlabel(f"model size N ({n_col})")
+    ax.set_ylabel(fit.runs.response)
+    ax.set_title(f"IsoFLOP curves (C = {flops_per_param_token:g} N D): median, {round(100 * interval)}% band; "
+                 f"dots with bars: N_opt and its {round(100 * interval)}% interval", fontsize=8)
+    ax.legend(fontsize=7, ncols=2, frameon=False)
+    ax.grid(alpha=0.3, which="both", lw=0.4)
+    return fig
+
+
+def _color(i: int, n: int):
+    """Colour ``i`` of ``n`` along viridis (without touching pyplot's state)."""
+    from matplotlib import colormaps
+
+    return colormaps["viridis"](0.9 * i / max(n - 1, 1))
+
+
+def plot_optimal_frontier(fit, compute_range: tuple[float, float] | None = None, group=None, interval: float = 0.9,
+                          flops_per_param_token: float = 6.0, references: dict | None = None) -> Figure:
+    """The compute-optimal frontier: N_opt(C), D_opt(C) and the loss at the optimum, with bands.
+
+    Three log-log panels against compute C: posterior median and ``interval`` band of N_opt, D_opt
+    and the optimal loss; the fitted runs (grey dots: their N, D and loss at their own compute);
+    grey region: budgets beyond the largest fitted run. ``references``: {label: {"E", "A", "B",
+    "alpha", "beta"}} (e.g. published fits), drawn as dashed lines. ``compute_range`` defaults
+    to the smallest fitted run's compute up to 1000x the largest.
+    Usage: ``plot_optimal_frontier(fit, (1e18, 1e25), references={"Hoffmann": {...}})``
+    """
+    _check_two_variable(fit)
+    draws = fit.natural_draws(group)
+    compute = _run_compute(fit, flops_per_param_token)
+    mask = _group_mask(fit, group)
+    if compute_range is None:
+        compute_range = (compute[mask].min(), 1000 * compute[mask].max())
+    grid = np.geomspace(*compute_range, 60)
+    alloc = allocation.optimal_allocation(draws, grid, flops_per_param_token)
+    q_lo, q_hi = (1 - interval) / 2, (1 + interval) / 2
+    data = fit.runs.data
+    n_col, d_col = fit.spec.covariate_columns
+    observed = {"n_opt": data[n_col].to_numpy(np.float64), "d_opt": data[d_col].to_numpy(np.float64),
+                "loss_opt": data[fit.runs.response].to_numpy(np.float64)}
+    fig = Figure(figsize=(12, 3.8), layout="constrained")
+    axes = fig.subplots(1, 3)
+    titles = {"n_opt": f"N_opt ({n_col})", "d_opt": f"D_opt ({d_col})",
+              "loss_opt": f"{fit.runs.response} at the optimum"}
+    for ax, key in zip(axes, ("n_opt", "d_opt", "loss_opt")):
+        lo, med, hi = np.quantile(alloc[key], [q_lo, 0.5, q_hi], axis=0)
+        ax.plot(compute[mask], observed[key][mask], "o", ms=2.5, color="0.6", zorder=1)
+        ax.fill_between(grid, lo, hi, color=_BAND, alpha=0.3, lw=0)
+        ax.plot(grid, med, color=_BAND, lw=1.4)
+        for i, (label, params) in enumerate((references or {}).items()):
+            ref = allocation.optimal_allocation({k: np.atleast_1d(v) for k, v in params.items()}, grid,
+                                                flops_per_param_token)
+            ax.plot(grid, ref[key][0], ls="--", lw=1.1, color=f"C{i + 1}", label=label)
+        ax.axvspan(compute[mask].max(), grid[-1], color=_EXTRA, alpha=0.15, lw=0)
+        ax.set_xscale("log")
+        if key != "loss_opt":
+            ax.set_yscale("log")
+        else:  # a few very high losses (e.g. outliers) would flatten the frontier
+            top = max(float(np.quantile(observed[key][mask], 0.98)), float(hi.max()))
+            ax.set_ylim(min(float(lo.min()), float(observed[key][mask].min())) - 0.05, top + 0.1)
+        ax.set_xlabel(f"compute C = {flops_per_param_token:g} N D (FLOPs)", fontsize=8)
+        ax.set_title(titles[key], fontsize=9)
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+        ax.tick_params(labelsize=7)
+    handles = [Line2D([], [], color=_BAND, lw=1.4, label="posterior median"),
+               Patch(color=_BAND, alpha=0.3, label=f"{round(100 * interval)}% credible band"),
+               Line2D([], [], ls="", marker="o", ms=3, color="0.6", label="fitted runs"),
+               Patch(color=_EXTRA, alpha=0.15, label="beyond the largest fitted run")]
+    handles += [Line2D([], [], ls="--", color=f"C{i + 1}", label=label) for i, label in enumerate(references or {})]
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=7, frameon=False)
     return fig

@@ -3,6 +3,7 @@
 Usage:
     from bayescale.report import write_report
     write_report(fit, "reports/gadre.html", heldout=test_df, tables={"errors": err_df}, notes=["..."])
+    write_report(chinchilla_fit, "reports/chinchilla.html", allocation={"budgets": [6e18, 1e20, 3e21]})
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import pandas as pd
 
 from . import plots
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "ALLOCATION_OPTIONS"]
+
+#: Keys of ``write_report(..., allocation={...})`` (all optional).
+ALLOCATION_OPTIONS = ("budgets", "compute_range", "table_budgets", "target_losses", "group", "interval",
+                      "flops_per_param_token", "references")
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1400px; margin: 1.5em auto; padding: 0 1em; color: #222; }
@@ -80,13 +85,51 @@ def _diagnostics_section(fit) -> list[str]:
             "<h3>Worst 10 by bulk ESS</h3>", _table(table.sort_values("ess_bulk").head(10))]
 
 
-def _render(fit, title: str, heldout, tables, notes) -> str:
+def _allocation_section(fit, options: dict) -> list[str]:
+    """IsoFLOP curves, the optimal frontier and tables of the compute-optimal allocation."""
+    unknown = set(options) - set(ALLOCATION_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown allocation option(s) {sorted(unknown)}; options: {list(ALLOCATION_OPTIONS)}")
+    interval = float(options.get("interval", 0.9))
+    k = float(options.get("flops_per_param_token", 6.0))
+    group = options.get("group")
+    tag = round(100 * interval)
+    isoflop = plots.plot_isoflop(fit, budgets=options.get("budgets"), group=group, interval=interval,
+                                 flops_per_param_token=k)
+    frontier = plots.plot_optimal_frontier(fit, compute_range=options.get("compute_range"), group=group,
+                                           interval=interval, flops_per_param_token=k,
+                                           references=options.get("references"))
+    out = ["<h2>Compute-optimal allocation</h2>",
+           f"<p>{html.escape(f'Law {fit.spec.law_def.formula}, compute C = {k:g} N D. N_opt = G (C/{k:g})^a with '
+                             'a = beta/(alpha+beta), computed per posterior draw; intervals are equal-tailed '
+                             f'{tag}% credible intervals.')}</p>",
+           "<h3>IsoFLOP curves</h3>", f"<p>{html.escape(f'Loss against N at fixed budgets: median, {tag}% band, '
+                                                       'fitted runs near each budget, N_opt with its interval.')}</p>",
+           _png(isoflop), "<h3>Optimal frontier</h3>",
+           f"<p>{html.escape(f'N_opt, D_opt and the loss at the optimum against compute, {tag}% bands.')}</p>",
+           _png(frontier)]
+    budgets = options.get("table_budgets", options.get("budgets"))
+    if budgets is not None:
+        table = fit.compute_optimal(budgets, group=group, intervals=(interval,), flops_per_param_token=k)
+        out += ["<h3>Allocation at selected budgets</h3>", _table(table.drop(columns=["new_group"]), index=False)]
+    if options.get("target_losses") is not None:
+        table = fit.required_compute(options["target_losses"], group=group, intervals=(interval,),
+                                     flops_per_param_token=k)
+        out += ["<h3>Budget needed to reach a target loss (at the optimal allocation)</h3>",
+                _table(table.drop(columns=["new_group"]), index=False)]
+    return out
+
+
+def _render(fit, title: str, heldout, tables, notes, allocation=None) -> str:
     """The whole report as one HTML string (renders every figure; may raise)."""
-    figures = [("Fit and forecast bands", "Law median with 90% credible band (dark) and 90% predictive band of "
-                "a new run (light) per cell; grey: extrapolation beyond the cell's largest fitted run"
-                + ("; red crosses: held-out runs." if heldout is not None else "."),
-                lambda: plots.plot_fit_bands(fit, heldout=heldout)),
-               ("Parameter posteriors", "L_inf, a and alpha per cell.", lambda: plots.plot_param_posteriors(fit)),
+    names = [{"loss_floor": "L_inf"}.get(n, n) for n in fit.spec.law_def.natural_names]
+    figures = [] if len(fit.spec.covariate_columns) > 1 else [
+        ("Fit and forecast bands", "Law median with 90% credible band (dark) and 90% predictive band of "
+         "a new run (light) per cell; grey: extrapolation beyond the cell's largest fitted run"
+         + ("; red crosses: held-out runs." if heldout is not None else "."),
+         lambda: plots.plot_fit_bands(fit, heldout=heldout))]
+    figures += [("Parameter posteriors", f"{', '.join(names[:-1])} and {names[-1]} per cell.",
+                 lambda: plots.plot_param_posteriors(fit)),
                ("Rank plots", "Rank ECDF differences per chain for the hyper-parameters: lines outside the "
                 "band (black) mean the chains disagree.", lambda: plots.plot_trace_rank(fit)),
                ("Posterior predictive check", "Observed runs against their posterior predictive intervals.",
@@ -97,6 +140,10 @@ def _render(fit, title: str, heldout, tables, notes) -> str:
     parts += _diagnostics_section(fit)
     for heading, caption, make in figures:
         parts += [f"<h2>{html.escape(heading)}</h2>", f"<p>{html.escape(caption)}</p>", _png(make())]
+    if allocation is None:
+        allocation = fit.spec.law == "chinchilla"
+    if allocation:
+        parts += _allocation_section(fit, allocation if isinstance(allocation, dict) else {})
     parts += ["<h2>Parameter summary</h2>", _table(fit.summary(), index=False)]
     if tables:
         parts.append("<h2>Tables</h2>")
@@ -110,8 +157,15 @@ def _render(fit, title: str, heldout, tables, notes) -> str:
 
 
 def write_report(fit, path, *, title: str = "bayescale report", heldout: pd.DataFrame | None = None,
-                 tables: dict[str, pd.DataFrame] | None = None, notes: list[str] | None = None) -> Path:
+                 tables: dict[str, pd.DataFrame] | None = None, notes: list[str] | None = None,
+                 allocation: dict | bool | None = None) -> Path:
     """Write one self-contained HTML report (figures embedded as PNG) and return its path.
+
+    ``allocation``: the "Compute-optimal allocation" section (IsoFLOP curves, optimal frontier,
+    tables) of a two-variable fit: None (default) adds it for ``law="chinchilla"`` fits, False
+    leaves it out, a dict sets its options (``ALLOCATION_OPTIONS``: ``budgets`` (IsoFLOP curves and
+    table), ``compute_range`` (frontier), ``table_budgets``, ``target_losses``, ``group``,
+    ``interval`` (0.9), ``flops_per_param_token`` (6), ``references`` {label: {E, A, B, alpha, beta}}).
 
     The report is rendered in memory, written to a temporary file in the target directory and
     moved onto ``path`` with ``os.replace``: a failure never leaves a half-written report and
@@ -119,7 +173,7 @@ def write_report(fit, path, *, title: str = "bayescale report", heldout: pd.Data
     Usage: ``write_report(fit, "out/report.html", heldout=test_df, tables={"coverage": cov}, notes=["..."])``
     """
     path = Path(path)
-    text = _render(fit, title, heldout, tables, notes)
+    text = _render(fit, title, heldout, tables, notes, allocation)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     tmp = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",

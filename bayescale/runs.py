@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,11 @@ class RunTableError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class RunTable:
-    """Validated runs. Usage: ``load_runs(df, scale="params").log_scale()``."""
+    """Validated runs. Usage: ``load_runs(df, scale="params").log_scale()``.
+
+    ``params_col`` and ``tokens_col`` name the parameter and token columns that two-variable
+    laws (``fit_law(runs, law="chinchilla")``) read; they are validated when such a law is fitted.
+    """
 
     data: pd.DataFrame
     scale: str
@@ -34,6 +38,8 @@ class RunTable:
     groups: tuple[str, ...]
     duplicates: pd.DataFrame
     notes: tuple[str, ...]
+    params_col: str = "params"
+    tokens_col: str = "tokens"
 
     @property
     def n_rows(self) -> int:
@@ -85,7 +91,7 @@ class RunTable:
             raise RunTableError("subset is empty: the mask selects no rows")
         data = self.data[mask].reset_index(drop=True)
         dups = self.duplicates[self.duplicates["row"].isin(data["row"])].reset_index(drop=True)
-        return RunTable(data, self.scale, self.response, self.groups, dups, self.notes)
+        return replace(self, data=data, duplicates=dups)
 
 
 def _fmt(value) -> str:
@@ -149,7 +155,12 @@ def load_runs(source: str | os.PathLike | pd.DataFrame, *, scale: str, response:
               min_points_per_group: int | None = None, query: str | None = None) -> RunTable:
     """Load and validate a run table from a DataFrame, .csv, .csv.gz or .parquet file.
 
-    Usage: ``load_runs("gadre_loss.csv", scale="compute_flops", groups=["eval_set"])``
+    ``params_col``/``tokens_col`` name the columns of parameters N and tokens D: used to derive
+    ``scale`` = ``flops_per_param_token`` * N * D with ``derive_compute=True``, and by two-variable
+    laws (``fit_law(runs, law="chinchilla")``), which fit L(N, D) with ``scale`` (compute) kept
+    for reports.
+    Usage: ``load_runs("gadre_loss.csv", scale="compute_flops", groups=["eval_set"])``,
+    ``load_runs("chinchilla.csv", scale="compute_flops", params_col="params", tokens_col="tokens")``
     """
     groups = (groups,) if isinstance(groups, str) else tuple(groups)
     key = [*groups, scale, response]
@@ -226,4 +237,4 @@ def load_runs(source: str | os.PathLike | pd.DataFrame, *, scale: str, response:
 
     others = [c for c in df.columns if c not in key and c != "row"]
     data = df[[*key, *others, "row"]].reset_index(drop=True)
-    return RunTable(data, scale, response, groups, duplicates, tuple(notes))
+    return RunTable(data, scale, response, groups, duplicates, tuple(notes), params_col, tokens_col)

@@ -4,10 +4,14 @@ Each group (curve) follows the saturating law in its natural form
 ``L(x) = L_inf + a * x**(-alpha)`` plus Gaussian noise. Per-group truth is drawn from a
 population (``DEFAULT_POPULATION``) or given explicitly as ``law_params``.
 
+``simulate_isoflop_runs`` simulates IsoFLOP campaigns of the two-variable law
+``L(N, D) = E + A/N^alpha + B/D^beta`` (``fit_law(..., law="chinchilla")``).
+
 Usage:
     from bayescale.simulate import simulate_runs
     runs_df, truth = simulate_runs(6, seed=1)                # 6 groups x 6 scales, 1e18..1e21 FLOPs
     fit = fit_law(load_runs(runs_df, scale="compute_flops", groups=["family"]))
+    iso_df = simulate_isoflop_runs([1e18, 1e19, 1e20], seed=0)
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["simulate_runs", "natural_loss", "DEFAULT_POPULATION", "DEFAULT_SCALES"]
+__all__ = ["simulate_runs", "simulate_isoflop_runs", "natural_loss", "DEFAULT_POPULATION", "DEFAULT_SCALES",
+           "CHINCHILLA_TRUTH"]
 
 #: Default scales of every group: 6 points, geometric from 1e18 to 1e21 (e.g. training FLOPs).
 DEFAULT_SCALES = tuple(np.geomspace(1e18, 1e21, 6).tolist())
@@ -158,3 +163,42 @@ def simulate_runs(
         drop = rng.choice(len(runs), size=n_drop, replace=False)
         runs = runs.drop(index=drop).reset_index(drop=True)
     return runs, truth
+
+
+#: Default truth of ``simulate_isoflop_runs``: Hoffmann et al.'s (2022) Approach 3 values.
+CHINCHILLA_TRUTH = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+
+
+def simulate_isoflop_runs(budgets: Sequence[float], n_per_budget: int = 6, *, truth: dict | None = None,
+                          groups: dict[str, dict] | None = None, span: float = 10.0, noise_sd: float = 0.01,
+                          flops_per_param_token: float = 6.0, seed: int = 0) -> pd.DataFrame:
+    """Simulate IsoFLOP profiles of ``L(N, D) = E + A/N^alpha + B/D^beta`` plus Gaussian noise.
+
+    Per budget C: ``n_per_budget`` model sizes geometric from N_opt(C)/span to N_opt(C)*span
+    around the true optimum, tokens ``D = C / (k N)``. ``truth``: E, A, B, alpha, beta
+    (default ``CHINCHILLA_TRUTH``); ``groups``: {label: truth overrides} simulates one campaign
+    per label in column ``family``. Columns: [``family``], ``flops_budget``, ``params``, ``tokens``,
+    ``compute_flops``, ``loss``. Same seed, same output.
+    Usage: ``simulate_isoflop_runs([1e18, 1e19, 1e20], n_per_budget=6, noise_sd=0.01, seed=0)``
+    """
+    budgets = np.asarray(budgets, dtype=np.float64).ravel()
+    if budgets.size == 0 or np.any(~np.isfinite(budgets)) or np.any(budgets <= 0):
+        raise ValueError("budgets must be a non-empty sequence of finite values > 0")
+    if noise_sd < 0 or span <= 1 or n_per_budget < 1:
+        raise ValueError("need noise_sd >= 0, span > 1 and n_per_budget >= 1")
+    rng = np.random.default_rng(seed)
+    frames = []
+    for label, overrides in (groups or {None: {}}).items():
+        p = {**CHINCHILLA_TRUTH, **(truth or {}), **overrides}
+        g = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1 / (p["alpha"] + p["beta"]))
+        a = p["beta"] / (p["alpha"] + p["beta"])
+        n_opt = g * (budgets / flops_per_param_token) ** a
+        n = (n_opt[:, None] * np.geomspace(1 / span, span, n_per_budget)[None, :]).ravel()
+        c = np.repeat(budgets, n_per_budget)
+        d = c / (flops_per_param_token * n)
+        loss = p["E"] + p["A"] * n ** -p["alpha"] + p["B"] * d ** -p["beta"] + noise_sd * rng.standard_normal(n.size)
+        frame = pd.DataFrame({"flops_budget": c, "params": n, "tokens": d, "compute_flops": c, "loss": loss})
+        if label is not None:
+            frame.insert(0, "family", str(label))
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

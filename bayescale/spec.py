@@ -14,13 +14,14 @@ from typing import Literal
 
 import numpy as np
 
-from .runs import RunTable
+from .laws import SATURATING, Law, get_law
+from .runs import RunTable, RunTableError, _positive_floats
 
 __all__ = ["Priors", "ModelSpec", "SamplerSettings", "default_priors", "LAW_PARAMS", "GRID_POINTS",
            "CENTER_ALPHA_MIN_SCALES"]
 
-#: Sampled per-group quantities of the saturating law (see ``bayescale.laws``).
-LAW_PARAMS = ("loss_mid", "log_slope", "log_alpha")
+#: Sampled per-group quantities of the default (saturating) law; any law's are ``get_law(name).params``.
+LAW_PARAMS = SATURATING.params
 
 #: Number of points of the reference grid spanning the fitted log-scale range.
 GRID_POINTS = 5
@@ -30,50 +31,90 @@ GRID_POINTS = 5
 CENTER_ALPHA_MIN_SCALES = 8
 
 
+#: Default prior of every log exponent: exponents 0.06-1.1 (95%).
+LOG_EXPONENT_PRIOR = (float(np.log(0.25)), 0.75)
+
+
 @dataclass(frozen=True)
 class Priors:
-    """Priors of the hierarchical saturating law, as numbers you can read and override.
+    """Priors of the hierarchical law, as numbers you can read and override.
 
-    Population means: ``Normal(loc, scale)`` on ``loss_mid`` (mean loss of the law over the
-    fitted scale range), ``log_slope`` (log of its average -dL/dlog x there) and ``log_alpha``.
+    Population means: ``Normal(loc, scale)`` on each sampled law parameter: ``loss_mid`` (the
+    law's level in the middle of the data, see ``bayescale.laws``), ``log_slope`` (log of its
+    average -dL/dlog x there) and ``log_alpha``; parameters of other laws that are not fields
+    here (the two-variable law's ``log_slope_N``, ``log_slope_D``, ``log_beta``) are in ``extra``.
     Between-group spreads: ``HalfNormal(group_sd[p])`` for each grouping factor's effect
     and ``HalfNormal(group_sd[p] / 2)`` for the cell (interaction) effect.
     Noise: ``HalfNormal(noise_sd)``; Student-t degrees of freedom ``Gamma(nu_shape, nu_rate)``.
 
-    Usage: ``replace(spec.priors, log_alpha=(np.log(0.3), 0.5))``
+    Usage: ``replace(spec.priors, log_alpha=(np.log(0.3), 0.5))``, ``spec.with_priors(log_beta=(-1.0, 0.3))``
     """
 
     loss_mid: tuple[float, float]
-    log_slope: tuple[float, float]
-    log_alpha: tuple[float, float] = (float(np.log(0.25)), 0.75)
+    log_slope: tuple[float, float] | None = None  # None when the law has no such parameter
+    log_alpha: tuple[float, float] = LOG_EXPONENT_PRIOR
     group_sd: dict = field(default_factory=lambda: {"loss_mid": 1.0, "log_slope": 0.5, "log_alpha": 0.35})
     noise_sd: float = 0.1
     nu_shape: float = 2.0
     nu_rate: float = 0.1
+    extra: dict = field(default_factory=dict)  # law parameter -> (loc, scale), for names that are not fields
+
+    def loc_scale(self, name: str) -> tuple[float, float]:
+        """(loc, scale) of the population mean of law parameter ``name``. Usage: ``priors.loc_scale("log_beta")``."""
+        value = self.extra.get(name, getattr(self, name, None) if name in _PRIOR_FIELDS else None)
+        if value is None:
+            raise ValueError(f"no prior for law parameter {name!r}; "
+                             f"give one with spec.with_priors({name}=(loc, scale))")
+        return tuple(value)
 
 
-def default_priors(runs: RunTable, log_x_ref: float) -> Priors:
-    """Scale-aware defaults from the data's units. Usage: ``default_priors(runs, log_x_ref)``.
+_PRIOR_FIELDS = ("loss_mid", "log_slope", "log_alpha")
+
+
+def law_columns(runs: RunTable, law: str | Law = "saturating") -> tuple[str, ...]:
+    """Run-table columns feeding the law's covariates. Usage: ``law_columns(runs, "chinchilla")``."""
+    by_role = {"scale": runs.scale, "params": runs.params_col, "tokens": runs.tokens_col}
+    return tuple(by_role[r] for r in get_law(law).roles)
+
+
+def law_log_covariates(runs: RunTable, law: str | Law = "saturating") -> list[np.ndarray]:
+    """Natural logs of the law's covariate columns, validated (finite, > 0). Usage: internal."""
+    out = []
+    for col in law_columns(runs, law):
+        if col == runs.scale:
+            out.append(runs.log_scale())
+            continue
+        if col not in runs.data.columns:
+            raise RunTableError(f"the {get_law(law).name!r} law needs column {col!r}, which the run table lacks; "
+                                f"available columns: {', '.join(map(str, runs.data.columns.drop('row')))} "
+                                "(name it with load_runs(..., params_col=..., tokens_col=...))")
+        out.append(np.log(_positive_floats(runs.data, col, " (fitted on a log axis)")))
+    return out
+
+
+def default_priors(runs: RunTable, log_x_ref: float | None = None, law: str | Law = "saturating") -> Priors:
+    """Scale-aware defaults from the data's units. Usage: ``default_priors(runs, law="chinchilla")``.
 
     - ``loss_mid ~ Normal(mean loss, loss range)``
-    - ``log_slope ~ Normal(log(loss range / log-scale range), 1)``: a slope of the order
-      the data show, give or take a factor e,
-    - ``log_alpha ~ Normal(log 0.25, 0.75)``: exponents 0.06-1.1 (95%), the range seen in
+    - each log slope ``~ Normal(log(loss range / log range of its covariate), 1)``: a slope of
+      the order the data show, give or take a factor e,
+    - each log exponent ``~ Normal(log 0.25, 0.75)``: exponents 0.06-1.1 (95%), the range seen in
       LM scaling laws for N, D and C,
-    - group spreads: ``sd(loss)`` for ``loss_mid``, 0.5 for ``log_slope``, 0.35 for ``log_alpha``,
+    - group spreads: ``sd(loss)`` for ``loss_mid``, 0.5 for log slopes, 0.35 for log exponents,
     - noise: ``HalfNormal(0.1 * sd(loss))``.
+
+    ``log_x_ref`` is accepted for backward compatibility; the defaults do not depend on it.
     """
+    law = get_law(law)
     y = runs.data[runs.response].to_numpy(np.float64)
-    u = runs.log_scale() - log_x_ref
     y_range = max(float(np.ptp(y)), 1e-3 * float(np.abs(y).mean()))
-    u_range = max(float(np.ptp(u)), 1e-6)
     y_sd = max(float(np.std(y)), 1e-3 * float(np.abs(y).mean()))
-    return Priors(
-        loss_mid=(float(np.mean(y)), y_range),
-        log_slope=(float(np.log(y_range / u_range)), 1.0),
-        group_sd={"loss_mid": y_sd, "log_slope": 0.5, "log_alpha": 0.35},
-        noise_sd=0.1 * y_sd,
-    )
+    slopes = {name: (float(np.log(y_range / max(float(np.ptp(x)), 1e-6))), 1.0)
+              for name, x in zip(law.slopes, law_log_covariates(runs, law))}
+    priors = {"loss_mid": (float(np.mean(y)), y_range), **slopes, **dict.fromkeys(law.exponents, LOG_EXPONENT_PRIOR)}
+    group_sd = {"loss_mid": y_sd, **dict.fromkeys(law.slopes, 0.5), **dict.fromkeys(law.exponents, 0.35)}
+    fields = {k: priors.pop(k) for k in _PRIOR_FIELDS if k in priors}
+    return Priors(**fields, group_sd=group_sd, noise_sd=0.1 * y_sd, extra=priors)
 
 
 @dataclass(frozen=True)
@@ -82,9 +123,14 @@ class ModelSpec:
 
     ``centered`` lists the per-cell parameters sampled in the centred parametrization
     (those the data pin down); the others are non-centred. ``from_runs`` always centres the
-    level and slope, and centres the exponent too when the median curve has at least
+    level and slopes, and centres the exponents too when the median curve has at least
     ``CENTER_ALPHA_MIN_SCALES`` distinct scales (dense curves: non-centring them makes NUTS take
-    several times more steps). Usage: ``ModelSpec.from_runs(runs)``.
+    several times more steps).
+
+    Covariates: ``covariates`` (run-table columns, one per covariate of the law), ``log_refs``
+    (their reference log values, the data's means) and ``grids`` (reference grids of centred
+    log values, see ``bayescale.laws``). ``log_x_ref`` and ``grid`` are the first covariate's.
+    Usage: ``ModelSpec.from_runs(runs)``, ``ModelSpec.from_runs(runs, law="chinchilla")``.
     """
 
     scale: str
@@ -96,32 +142,73 @@ class ModelSpec:
     grid: tuple[float, ...]  # reference grid of centred log-scales (see bayescale.laws)
     priors: Priors
     likelihood: Literal["normal", "student_t"] = "normal"
-    law: Literal["saturating"] = "saturating"
+    law: Literal["saturating", "chinchilla"] = "saturating"
     centered: tuple[str, ...] = ("loss_mid", "log_slope")
+    covariates: tuple[str, ...] = ()            # empty: (scale,) (the saturating law)
+    log_refs: tuple[float, ...] = ()            # empty: (log_x_ref,)
+    grids: tuple[tuple[float, ...], ...] = ()   # empty: (grid,)
 
     @classmethod
     def from_runs(cls, runs: RunTable, *, likelihood: str = "normal", priors: Priors | None = None,
-                  log_x_ref: float | None = None) -> ModelSpec:
-        """Spec for a run table. Usage: ``ModelSpec.from_runs(runs, likelihood="student_t")``."""
+                  log_x_ref: float | None = None, law: str = "saturating") -> ModelSpec:
+        """Spec for a run table. Usage: ``ModelSpec.from_runs(runs, likelihood="student_t")``.
+
+        ``law``: a registered law (``bayescale.laws.LAWS``): ``"saturating"`` (default) or
+        ``"chinchilla"`` (needs the run table's ``params_col`` and ``tokens_col``).
+        ``log_x_ref``: reference log value of the first covariate (default: the data's mean).
+        """
         if likelihood not in ("normal", "student_t"):
             raise ValueError(f"likelihood must be 'normal' or 'student_t', got {likelihood!r}")
-        if log_x_ref is None:
-            log_x_ref = float(np.mean(runs.log_scale()))
-        cells = runs.cells()
-        u = runs.log_scale() - log_x_ref
-        grid = tuple(float(g) for g in np.linspace(u.min(), u.max(), GRID_POINTS))
-        per_curve = runs.data.groupby(list(runs.groups))[runs.scale].nunique() if runs.groups else \
-            runs.data[[runs.scale]].nunique()
+        law_def = get_law(law)
+        logs = law_log_covariates(runs, law_def)
+        refs = [float(np.mean(x)) for x in logs]
+        if log_x_ref is not None:
+            refs[0] = float(log_x_ref)
+        grids = []
+        for x, ref in zip(logs, refs):
+            u = x - ref
+            points = np.zeros(1) if law_def.one_point_grid else np.linspace(u.min(), u.max(), GRID_POINTS)
+            grids.append(tuple(float(g) for g in points))
+        columns = law_columns(runs, law_def)
+        keys = runs.data[list(runs.groups) + list(dict.fromkeys(columns))].drop_duplicates()
+        per_curve = keys.groupby(list(runs.groups)).size() if runs.groups else [len(keys)]  # distinct scales
         dense = float(np.median(per_curve)) >= CENTER_ALPHA_MIN_SCALES
-        centered = ("loss_mid", "log_slope", "log_alpha") if dense else ("loss_mid", "log_slope")
+        centered = law_def.params if dense else ("loss_mid", *law_def.slopes)
+        cells = runs.cells()
         return cls(
             scale=runs.scale, response=runs.response, groups=runs.groups,
             levels={g: runs.levels(g) for g in runs.groups},
             cells=tuple(tuple(r) for r in cells[list(runs.groups)].itertuples(index=False)),
-            log_x_ref=log_x_ref, grid=grid,
-            priors=priors if priors is not None else default_priors(runs, log_x_ref),
-            likelihood=likelihood, centered=centered,
+            log_x_ref=refs[0], grid=grids[0],
+            priors=priors if priors is not None else default_priors(runs, law=law_def),
+            likelihood=likelihood, law=law_def.name, centered=tuple(centered),
+            covariates=columns, log_refs=tuple(refs), grids=tuple(grids),
         )
+
+    @property
+    def law_def(self) -> Law:
+        """The law object (``bayescale.laws.Law``). Usage: ``spec.law_def.params``."""
+        return get_law(self.law)
+
+    @property
+    def law_params(self) -> tuple[str, ...]:
+        """Sampled per-cell law parameters. Usage: ``spec.law_params``."""
+        return self.law_def.params
+
+    @property
+    def covariate_columns(self) -> tuple[str, ...]:
+        """Run-table column of each covariate of the law. Usage: ``spec.covariate_columns``."""
+        return self.covariates or (self.scale,)
+
+    @property
+    def law_log_refs(self) -> tuple[float, ...]:
+        """Reference log value of each covariate. Usage: ``spec.law_log_refs``."""
+        return self.log_refs or (self.log_x_ref,)
+
+    @property
+    def law_grids(self) -> tuple[np.ndarray, ...]:
+        """Reference grid of each covariate, as arrays. Usage: ``law.mean(theta, cov, spec.law_grids)``."""
+        return tuple(np.asarray(g, dtype=np.float64) for g in (self.grids or (self.grid,)))
 
     @property
     def cell_labels(self) -> list[str]:
@@ -134,7 +221,18 @@ class ModelSpec:
                          for c in self.cells], dtype=np.int64).reshape(len(self.cell_labels), len(self.groups))
 
     def with_priors(self, **changes) -> ModelSpec:
-        """Copy with some priors replaced. Usage: ``spec.with_priors(log_alpha=(-1.5, 0.5))``."""
+        """Copy with some priors replaced (law parameters that are not ``Priors`` fields go to ``extra``).
+
+        Usage: ``spec.with_priors(log_alpha=(-1.5, 0.5))``, ``spec.with_priors(log_beta=(-1.0, 0.3))``
+        """
+        names = set(self.priors.__dataclass_fields__)
+        extra = {k: changes.pop(k) for k in list(changes) if k not in names}
+        unknown = set(extra) - set(self.law_params)
+        if unknown:
+            raise ValueError(f"unknown prior(s) {sorted(unknown)}; "
+                             f"the {self.law!r} law samples {list(self.law_params)}")
+        if extra:
+            changes["extra"] = {**self.priors.extra, **changes.get("extra", {}), **extra}
         return replace(self, priors=replace(self.priors, **changes))
 
 

@@ -30,3 +30,47 @@ def test_log_scale_to_reach_inverts_the_law():
     np.testing.assert_allclose(saturating_loss(u, 3.0, 0.3, 0.3, GRID), [2.9, 2.6], rtol=1e-10)
     floor = natural_params(3.0, 0.3, 0.3, GRID, LOG_X_REF)["loss_floor"]
     assert np.isinf(log_scale_to_reach(floor - 0.01, 3.0, 0.3, 0.3, GRID))
+
+
+# ---- the law registry and the two-variable law -------------------------------------------------
+from bayescale.laws import CHINCHILLA, SATURATING, get_law  # noqa: E402
+
+
+def test_saturating_law_object_is_the_one_variable_form():
+    theta = {"loss_mid": 3.0, "log_slope": np.log(0.3), "log_alpha": np.log(0.2)}
+    u = np.linspace(-5, 10, 31)
+    np.testing.assert_allclose(SATURATING.mean(theta, {"u": u}, [GRID]), saturating_loss(u, 3.0, 0.3, 0.2, GRID),
+                               rtol=1e-14)
+    nat = SATURATING.natural(theta, [GRID], [LOG_X_REF])
+    expected = natural_params(3.0, 0.3, 0.2, GRID, LOG_X_REF)
+    assert list(nat) == list(SATURATING.natural_names) == ["loss_floor", "a", "alpha"]
+    for k in nat:
+        assert nat[k] == pytest.approx(expected[k], rel=1e-12)
+    assert SATURATING.params == ("loss_mid", "log_slope", "log_alpha")
+
+
+@pytest.mark.parametrize("grid", [(0.0,), (0.7,), tuple(np.linspace(-2.0, 3.0, 5))])
+def test_chinchilla_reference_form_equals_natural_form(grid):
+    theta = {"loss_mid": 2.6, "log_slope_N": np.log(0.12), "log_slope_D": np.log(0.15),
+             "log_alpha": np.log(0.34), "log_beta": np.log(0.37)}
+    refs = (np.log(1e9), np.log(2e10))
+    grids = [np.asarray(grid), np.asarray(grid)]
+    nat = CHINCHILLA.natural(theta, grids, refs)
+    n, d = np.geomspace(1e7, 1e12, 7), np.geomspace(1e8, 1e13, 7)
+    natural = nat["E"] + nat["A"] * n ** -nat["alpha"] + nat["B"] * d ** -nat["beta"]
+    cov = {"uN": np.log(n) - refs[0], "uD": np.log(d) - refs[1]}
+    np.testing.assert_allclose(CHINCHILLA.mean(theta, cov, grids), natural, rtol=1e-12)
+
+
+def test_one_point_grid_means_value_and_partial_slopes_at_the_reference():
+    theta = {"loss_mid": 2.6, "log_slope_N": np.log(0.12), "log_slope_D": np.log(0.15),
+             "log_alpha": np.log(0.34), "log_beta": np.log(0.37)}
+    grids = [np.zeros(1), np.zeros(1)]
+    f = lambda un, ud: CHINCHILLA.mean(theta, {"uN": np.asarray(un), "uD": np.asarray(ud)}, grids)  # noqa: E731
+    h = 1e-6
+    assert f(0.0, 0.0) == pytest.approx(2.6, abs=1e-12)
+    assert -(f(h, 0.0) - f(-h, 0.0)) / (2 * h) == pytest.approx(0.12, rel=1e-7)
+    assert -(f(0.0, h) - f(0.0, -h)) / (2 * h) == pytest.approx(0.15, rel=1e-7)
+    assert get_law("chinchilla") is CHINCHILLA
+    with pytest.raises(ValueError, match="unknown law"):
+        get_law("kaplan")

@@ -3,7 +3,8 @@ cover the truth at a rate consistent with 90%.
 
 Each dataset: 6 curves x 6 scales (1e18..1e21), truth from ``bayescale.simulate.DEFAULT_POPULATION``
 (not from the model's prior), Gaussian noise sd 0.01, default sampler settings. Coverage is tested
-with an exact two-sided binomial test at the 1% level. The fast version (2 datasets, 36 intervals)
+with an exact two-sided binomial test at the 1% level; every fit must pass its diagnostics
+(a flagged default fit is refitted once as the warning advises, see ``CAREFUL``). The fast version (2 datasets, 36 intervals)
 runs by default; the full one (24 datasets, 432 intervals) with ``pytest -m slow``. Intervals of one
 dataset share its hyperparameters, so they are not quite independent; the binomial test treats them
 as if they were, which makes it slightly strict.
@@ -22,12 +23,25 @@ PARAMS = ("loss_floor", "a", "alpha")
 N_CURVES, NOISE_SD, MASS = 6, 0.01, 0.9
 
 
+#: What the ConvergenceWarnings tell a user to do (run longer, raise target_accept and max_tree_depth), used when a
+#: default fit is flagged: in the 24-dataset run, 3 default fits were (R-hat 1.011 and 1.012 with
+#: bulk ESS > 550, and one with 11 divergences of 4000).
+CAREFUL = {"warmup": 2000, "draws": 2000, "target_accept": 0.99, "max_tree_depth": 12}
+
+
 def covered(seed: int) -> tuple[np.ndarray, list[str]]:
-    """Fit one simulated dataset; return a boolean per (curve, parameter) and diagnostics problems."""
+    """Fit one simulated dataset; return a boolean per (curve, parameter) and diagnostics problems.
+
+    A fit whose diagnostics are flagged is refitted once as its warning advises; the second
+    fit's problems (if any) are returned and fail the test.
+    """
     df, truth = simulate_runs(N_CURVES, noise_sd=NOISE_SD, seed=seed)
+    runs = load_runs(df, scale="compute_flops", groups=["family"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = fit_law(load_runs(df, scale="compute_flops", groups=["family"]), settings=SamplerSettings(seed=seed))
+        fit = fit_law(runs, settings=SamplerSettings(seed=seed))
+        if not fit.diagnostics.ok:
+            fit = fit_law(runs, settings=SamplerSettings(seed=seed, **CAREFUL))
     post = fit.tree.posterior.sel(cell=truth["family"].tolist())
     hits = []
     for name in PARAMS:
