@@ -351,7 +351,11 @@ def fit_law(runs: RunTable, *, likelihood: str = "normal", priors: Priors | None
     for g in spec.groups:
         dims.update({f"sd_{g}": ["law_param"], f"z_{g}": ["law_param", f"{g}_level"]})
     data = model_data(runs, spec)
-    tree, _, timings = run_nuts(build_model(spec), data, settings, coords, dims)
+    if settings.engine == "numpyro":
+        tree, _, timings = run_nuts(build_model(spec), data, settings, coords, dims)
+    else:  # the same spec as a pymc.Model, sampled by PyMC's NUTS or nutpie
+        from .pymc_model import run_pymc
+        tree, timings = run_pymc(spec, data, settings, coords, dims)
     tree = _add_cell_quantities(tree, spec)
     if settings.posterior_predictive:
         tree = _add_posterior_predictive(tree, spec, data, settings.seed)

@@ -253,5 +253,6 @@ class SamplerSettings:
     seed: int = 0
     chain_method: Literal["auto", "vectorized", "parallel", "sequential"] = "auto"
     precision: Literal["float64", "float32"] = "float64"  # float32: faster on GPUs, less exact
+    engine: Literal["numpyro", "pymc", "nutpie"] = "numpyro"  # pymc/nutpie: bayescale.pymc_model
     posterior_predictive: bool = True
     progress_bar: bool = False
