@@ -7,6 +7,9 @@ population (``DEFAULT_POPULATION``) or given explicitly as ``law_params``.
 ``simulate_isoflop_runs`` simulates IsoFLOP campaigns of the two-variable law
 ``L(N, D) = E + A/N^alpha + B/D^beta`` (``fit_law(..., law="chinchilla")``).
 
+``simulate_from_fit`` draws a whole run database from a fitted posterior (one posterior draw of the
+population, every curve's law and the noise): ``simulate_from_fit(fit, np.geomspace(1e20, 1e22, 5), seed=1)``.
+
 Usage:
     from bayescale.simulate import simulate_runs
     runs_df, truth = simulate_runs(6, seed=1)                # 6 groups x 6 scales, 1e18..1e21 FLOPs
@@ -23,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["simulate_runs", "simulate_isoflop_runs", "natural_loss", "DEFAULT_POPULATION", "DEFAULT_SCALES",
+__all__ = ["simulate_runs", "simulate_isoflop_runs", "simulate_from_fit", "natural_loss", "DEFAULT_POPULATION", "DEFAULT_SCALES",
            "CHINCHILLA_TRUTH"]
 
 #: Default scales of every group: 6 points, geometric from 1e18 to 1e21 (e.g. training FLOPs).
@@ -202,3 +205,54 @@ def simulate_isoflop_runs(budgets: Sequence[float], n_per_budget: int = 6, *, tr
             frame.insert(0, "family", str(label))
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def simulate_from_fit(fit, scales, seed: int = 0, *, groups: Sequence | None = None,
+                      draw: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Simulate a run database from a fitted posterior: one posterior draw, new runs at ``scales``.
+
+    One draw (``draw``, or a random one from ``seed``) of all parameters is taken, so curves
+    share that draw's population, noise level and (Student-t) degrees of freedom; every curve is
+    run at every scale and gets the fit's noise (Normal or Student-t) around its law. A plausible
+    replicate campaign under the fit: use it to ask what a backtest or a new design would show.
+
+    - ``fit``: a ``bayescale.Fit`` (either law);
+    - ``scales``: raw values of the scale column, or for ``"chinchilla"`` a dict/DataFrame with the
+      run table's params and tokens columns (rows are runs);
+    - ``groups``: curves to simulate, as group-level tuples (default: the fitted curves); an unseen
+      level is drawn from the hierarchy, as in ``fit.forecast``.
+
+    Returns ``(runs, truth)``: ``runs`` has the group columns, the covariate column(s) and the
+    response column; ``truth`` has one row per curve with the draw's natural parameters
+    (``loss_floor``, ``a``, ``alpha``; or ``E``, ``A``, ``B``, ``alpha``, ``beta``) and ``draw``.
+    Usage: ``runs_df, truth = simulate_from_fit(fit, np.geomspace(1e19, 1e22, 6), seed=1)``
+    """
+    spec = fit.spec
+    rng = np.random.default_rng(seed)
+    n_draws = fit._flat("sigma").shape[0]
+    d = int(rng.integers(n_draws)) if draw is None else int(draw)
+    if not 0 <= d < n_draws:
+        raise ValueError(f"draw must be in [0, {n_draws}), got {draw}")
+    cells = list(spec.cells) if groups is None else [tuple(g) if isinstance(g, (tuple, list)) else (g,)
+                                                     for g in groups]
+    columns = spec.covariate_columns
+    if len(columns) == 1:
+        cov = {columns[0]: np.asarray(scales, dtype=np.float64).ravel()}
+    else:
+        frame = pd.DataFrame(scales)
+        cov = {c: frame[c].to_numpy(np.float64) for c in columns}
+    n = len(next(iter(cov.values())))
+    sigma = fit._flat("sigma")[d]
+    nu = fit._flat("nu")[d] if spec.likelihood == "student_t" else None
+    law, frames, truth = spec.law_def, [], []
+    for k, cell in enumerate(cells):
+        group = cell if spec.groups else None
+        theta = {name: v[d] for name, v in fit._theta_draws(group, seed=seed + k).items()}
+        u = {name: np.log(cov[col]) - ref for name, col, ref in zip(law.covariates, columns, spec.law_log_refs)}
+        mean = law.mean(theta, u, spec.law_grids)
+        noise = sigma * (rng.standard_t(nu, size=n) if nu is not None else rng.standard_normal(n))
+        frame = pd.DataFrame({**dict(zip(spec.groups, cell)), **cov, spec.response: mean + noise})
+        frames.append(frame)
+        natural = law.natural(theta, spec.law_grids, spec.law_log_refs)
+        truth.append({**dict(zip(spec.groups, cell)), **{kk: float(v) for kk, v in natural.items()}, "draw": d})
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(truth)

@@ -1,0 +1,42 @@
+"""Simulation-based calibration (bayescale.sbc): a fast smoke run by default, full runs behind -m slow."""
+
+import numpy as np
+import pytest
+
+from bayescale import SamplerSettings, load_runs
+from bayescale.sbc import rank_uniformity, sbc
+from bayescale.simulate import simulate_isoflop_runs, simulate_runs
+
+
+def _template(n_groups=1):
+    df, _ = simulate_runs(n_groups, np.geomspace(1e18, 1e21, 6), seed=0)
+    return load_runs(df, scale="compute_flops", groups=["family"] if n_groups > 1 else ())
+
+
+def test_rank_uniformity():
+    rng = np.random.default_rng(0)
+    assert rank_uniformity(rng.integers(0, 100, 500), 99)["ks_p"] > 0.01
+    assert rank_uniformity(np.full(200, 99), 99)["ks_p"] < 1e-6  # truth always above the posterior
+
+
+def test_sbc_smoke():
+    res = sbc(_template(), n_reps=3, settings=SamplerSettings(chains=2, warmup=100, draws=50), n_thin=19)
+    assert list(res.ranks.columns[:4]) == ["mu_loss_mid", "mu_log_slope", "mu_log_alpha", "sigma"]
+    ranks = res.ranks[["mu_loss_mid", "mu_log_slope", "mu_log_alpha", "sigma"]].to_numpy()
+    assert ranks.shape == (3, 4) and ranks.min() >= 0 and ranks.max() <= res.n_thin == 19
+    assert {"chi2_p", "ks_p"} <= set(res.tests.columns) and len(res.tests) == 4
+
+
+@pytest.mark.slow
+def test_sbc_saturating_uniform_ranks():
+    res = sbc(_template(3), n_reps=100, seed=1)
+    print(res.tests.to_string())
+    assert (res.tests["ks_p"] > 0.001).all(), res.tests
+
+
+@pytest.mark.slow
+def test_sbc_chinchilla_uniform_ranks():
+    template = load_runs(simulate_isoflop_runs([1e18, 1e19, 1e20], n_per_budget=5, seed=0), scale="compute_flops")
+    res = sbc(template, law="chinchilla", n_reps=60, seed=2)
+    print(res.tests.to_string())
+    assert (res.tests["ks_p"] > 0.001).all(), res.tests
