@@ -46,5 +46,9 @@ def test_one_curve_pymc_and_numpyro_agree():
 
 
 @pytest.mark.slow
-def test_hierarchical_pymc_and_numpyro_agree(runs):
-    agree(runs, QUANTITIES + ("mu", "sd_cell"), seed=1)
+def test_hierarchical_pymc_and_numpyro_agree():
+    # 4 curves. (On the 3-curve `runs` fixture NumPyro's default fit had 5 of 4000 divergent draws,
+    # 1 at target_accept 0.99: few-curve hierarchies are an open mixing issue, not an engine one.)
+    df, _ = simulate_runs(4, np.geomspace(1e18, 1e21, 6), noise_sd=0.01, seed=3)
+    runs4 = load_runs(df, scale="compute_flops", groups=["family"])
+    agree(runs4, QUANTITIES + ("mu", "sd_cell"), seed=1)
