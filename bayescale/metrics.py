@@ -39,7 +39,8 @@ import pandas as pd
 from scipy import optimize, special, stats
 
 from .inference import Diagnostics, diagnose, run_nuts, warn_if_bad
-from .model import cell_values
+from .fit import _interval_columns
+from .model import _split, cell_values, sample_hierarchy
 from .spec import SamplerSettings
 
 __all__ = ["MetricSpec", "MetricFit", "fit_metric", "sigmoid_metric", "LEVELS", "curve_fit_sigmoid",
@@ -168,42 +169,16 @@ def _model_data(spec: MetricSpec, data: pd.DataFrame, with_response: bool = True
     return out
 
 
-def _split(spec: MetricSpec):
-    c = [i for i, p in enumerate(spec.law_params) if p in spec.centered]
-    return np.array(c, dtype=int), np.array([i for i in range(len(spec.law_params)) if i not in c], dtype=int)
-
-
 def _build_model(spec: MetricSpec):
     pri = spec.priors
     loc = np.array([pri[p][0] for p in spec.law_params])
     scale = np.array([pri[p][1] for p in spec.law_params])
     group_sd = np.array([pri["group_sd"][p] for p in spec.law_params])
-    centered, noncentered = _split(spec)
-    n_cells, n_par = len(spec.cells), len(spec.law_params)
     chance = jnp.asarray(spec.chance)
     ceiling = spec.ceiling
 
     def model(cell, cell_levels, z, y=None, n=None):
-        draws = {"mu": numpyro.sample("mu", dist.Normal(loc, scale).to_event(1))}
-        if spec.groups:
-            if len(spec.groups) >= 2:
-                for factor in spec.groups:
-                    draws[f"sd_{factor}"] = numpyro.sample(f"sd_{factor}", dist.HalfNormal(group_sd).to_event(1))
-                    draws[f"z_{factor}"] = numpyro.sample(
-                        f"z_{factor}", dist.ZeroSumNormal(1.0, event_shape=(len(spec.levels[factor]),))
-                        .expand([n_par]).to_event(1))
-            draws["sd_cell"] = sd_cell = numpyro.sample("sd_cell", dist.HalfNormal(group_sd / 2).to_event(1))
-            if len(centered):
-                base = draws["mu"][:, None] + jnp.zeros((n_par, n_cells))
-                if len(spec.groups) >= 2:
-                    for f, factor in enumerate(spec.groups):
-                        base = base + draws[f"sd_{factor}"][:, None] * draws[f"z_{factor}"][:, cell_levels[:, f]]
-                draws["cell_centered"] = numpyro.sample(
-                    "cell_centered", dist.Normal(base[centered], sd_cell[centered, None]).to_event(2))
-            if len(noncentered):
-                draws["z_cell"] = numpyro.sample(
-                    "z_cell", dist.Normal(jnp.zeros((len(noncentered), n_cells)), 1.0).to_event(2))
-        theta = cell_values(draws, spec, cell_levels, jnp)[..., cell]
+        theta = sample_hierarchy(spec, loc, scale, group_sd, cell_levels)[..., cell]
         p = sigmoid_metric(z, chance[cell], ceiling, theta[0], jnp.exp(theta[1]), xp=jnp)
         p = jnp.clip(p, _EPS / 10, 1 - _EPS / 10)
         if spec.likelihood == "binomial":
@@ -220,13 +195,6 @@ def _build_model(spec: MetricSpec):
     return model
 
 
-def _quantile_cols(prefix: str, draws: np.ndarray, intervals, method: str = "linear") -> dict:
-    out = {}
-    for mass in intervals:
-        lo, hi = np.quantile(draws, [(1 - mass) / 2, (1 + mass) / 2], axis=0, method=method)
-        tag = f"{round(100 * mass):d}"
-        out[f"{prefix}lower_{tag}"], out[f"{prefix}upper_{tag}"] = lo, hi
-    return out
 
 
 @dataclass
@@ -316,8 +284,8 @@ class MetricFit:
         _, key = self._cell(group)
         out = {**values, **{g: (lv if lv is not None else "(new)") for g, lv in zip(self.spec.groups, key)},
                "median": np.median(law, axis=0), "mean": law.mean(axis=0)}
-        out.update(_quantile_cols("", law, intervals))
-        out.update(_quantile_cols("pred_", pred, intervals))
+        out.update(_interval_columns("", law, intervals))
+        out.update(_interval_columns("pred_", pred, intervals))
         return pd.DataFrame(out)
 
     def forecast(self, x, group=None, n_examples=None, intervals: Sequence[float] = (0.5, 0.9),
@@ -573,3 +541,17 @@ def plot_emergence(mfit: MetricFit, groups: Sequence | None = None, extend_to: f
         ax.tick_params(labelsize=5)
     fig.tight_layout()
     return fig
+
+
+def score_metric_forecasts(df: pd.DataFrame, prefix: str, truth: str = "metric") -> dict:
+    """Median absolute error (in points) and 90% band coverage of one method's forecasts.
+
+    ``df`` has ``truth`` and ``{prefix}_median``, ``{prefix}_lower``, ``{prefix}_upper``; rows
+    whose median is not finite (a failed baseline fit) are left out and counted in ``n``.
+    Usage: ``score_metric_forecasts(heldout, "bs")``
+    """
+    y, med = df[truth].to_numpy(), df[f"{prefix}_median"].to_numpy(float)
+    lo, hi = df[f"{prefix}_lower"].to_numpy(float), df[f"{prefix}_upper"].to_numpy(float)
+    ok = np.isfinite(med)
+    return {"MAE_points": 100 * float(np.median(np.abs(med[ok] - y[ok]))),
+            "coverage_90": float(np.mean((lo[ok] <= y[ok]) & (y[ok] <= hi[ok]))), "n": int(ok.sum())}

@@ -29,7 +29,7 @@ import numpyro.distributions as dist
 from .runs import RunTable
 from .spec import ModelSpec, law_log_covariates
 
-__all__ = ["build_model", "model_data", "cell_values"]
+__all__ = ["build_model", "model_data", "cell_values", "sample_hierarchy"]
 
 
 def model_data(runs: RunTable, spec: ModelSpec, with_response: bool = True) -> dict:
@@ -79,6 +79,37 @@ def cell_values(draws: dict, spec: ModelSpec, cell_levels, xp=np):
     return xp.concatenate([parts[i] for i in range(len(spec.law_params))], axis=-2)
 
 
+def sample_hierarchy(spec, loc, scale, group_sd, cell_levels):
+    """Sample the hierarchy's sites and return the per-cell parameters, shape (n_params, n_cells).
+
+    Population means ``Normal(loc, scale)``; with two or more factors a zero-sum effect per factor
+    with spread ``HalfNormal(group_sd)``; cell effects with spread ``HalfNormal(group_sd / 2)``,
+    centred for ``spec.centered``, non-centred otherwise. Shared by every NumPyro model in
+    bayescale (loss laws here, bounded metrics in ``bayescale.metrics``); ``spec`` needs
+    ``law_params``, ``groups``, ``levels``, ``cells`` and ``centered``.
+    Usage: inside a model, ``theta = sample_hierarchy(spec, loc, scale, group_sd, cell_levels)``
+    """
+    centered, noncentered = _split(spec)
+    n_cells, n_par = len(spec.cells), len(spec.law_params)
+    draws = {"mu": numpyro.sample("mu", dist.Normal(loc, scale).to_event(1))}
+    if spec.groups:
+        if len(spec.groups) >= 2:
+            for factor in spec.groups:
+                draws[f"sd_{factor}"] = numpyro.sample(f"sd_{factor}", dist.HalfNormal(group_sd).to_event(1))
+                n_levels = len(spec.levels[factor])
+                draws[f"z_{factor}"] = numpyro.sample(
+                    f"z_{factor}", dist.ZeroSumNormal(1.0, event_shape=(n_levels,)).expand([n_par]).to_event(1))
+        draws["sd_cell"] = sd_cell = numpyro.sample("sd_cell", dist.HalfNormal(group_sd / 2).to_event(1))
+        if len(centered):
+            base = _base(draws, spec, cell_levels, jnp)
+            draws["cell_centered"] = numpyro.sample(
+                "cell_centered", dist.Normal(base[centered], sd_cell[centered, None]).to_event(2))
+        if len(noncentered):
+            draws["z_cell"] = numpyro.sample(
+                "z_cell", dist.Normal(jnp.zeros((len(noncentered), n_cells)), 1.0).to_event(2))
+    return cell_values(draws, spec, cell_levels, jnp)
+
+
 def build_model(spec: ModelSpec):
     """The NumPyro model function for ``spec``. Usage: ``model = build_model(spec)``."""
     pri, law = spec.priors, spec.law_def
@@ -88,27 +119,10 @@ def build_model(spec: ModelSpec):
     if missing:
         raise ValueError(f"priors.group_sd lacks {missing}; it needs one spread per law parameter {list(law.params)}")
     group_sd = np.array([pri.group_sd[p] for p in law.params])
-    centered, noncentered = _split(spec)
-    n_cells, n_par = len(spec.cells), len(law.params)
     grids = spec.law_grids
 
     def model(cell, cell_levels, y=None, **covariates):
-        draws = {"mu": numpyro.sample("mu", dist.Normal(loc, scale).to_event(1))}
-        if spec.groups:
-            if len(spec.groups) >= 2:
-                for factor in spec.groups:
-                    draws[f"sd_{factor}"] = numpyro.sample(f"sd_{factor}", dist.HalfNormal(group_sd).to_event(1))
-                    n_levels = len(spec.levels[factor])
-                    draws[f"z_{factor}"] = numpyro.sample(
-                        f"z_{factor}", dist.ZeroSumNormal(1.0, event_shape=(n_levels,)).expand([n_par]).to_event(1))
-            draws["sd_cell"] = sd_cell = numpyro.sample("sd_cell", dist.HalfNormal(group_sd / 2).to_event(1))
-            base = _base(draws, spec, cell_levels, jnp)
-            draws["cell_centered"] = numpyro.sample(
-                "cell_centered", dist.Normal(base[centered], sd_cell[centered, None]).to_event(2))
-            if len(noncentered):
-                draws["z_cell"] = numpyro.sample(
-                    "z_cell", dist.Normal(jnp.zeros((len(noncentered), n_cells)), 1.0).to_event(2))
-        theta = cell_values(draws, spec, cell_levels, jnp)[..., cell]
+        theta = sample_hierarchy(spec, loc, scale, group_sd, cell_levels)[..., cell]
         mean = law.mean(dict(zip(law.params, theta)), covariates, grids, xp=jnp)
         sigma = numpyro.sample("sigma", dist.HalfNormal(pri.noise_sd))
         if spec.likelihood == "student_t":

@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import optimize
 
 from bayescale import SamplerSettings, fit_law, load_runs
-from bayescale.metrics import curve_fit_sigmoid, fit_metric, predict_sigmoid
+from bayescale.metrics import curve_fit_sigmoid, fit_metric, predict_sigmoid, score_metric_forecasts
 from bayescale.metrics_report import write_metric_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,14 +51,6 @@ def point_loss_law(train: pd.DataFrame) -> dict:
                                      bounds=([0, -10, 0.01, -10, 0.01], [5, 10, 2, 10, 2]), maxfev=50000)
         out[ds] = popt
     return out
-
-
-def score(df: pd.DataFrame, prefix: str) -> dict:
-    y, med = df["metric"].to_numpy(), df[f"{prefix}_median"].to_numpy(float)
-    lo, hi = df[f"{prefix}_lower"].to_numpy(float), df[f"{prefix}_upper"].to_numpy(float)
-    ok = np.isfinite(med)
-    return {"MAE_points": 100 * float(np.median(np.abs(med[ok] - y[ok]))),
-            "coverage_90": float(np.mean((lo[ok] <= y[ok]) & (y[ok] <= hi[ok]))), "n": int(ok.sum())}
 
 
 def main(argv=None) -> pd.DataFrame:
@@ -125,8 +117,8 @@ def main(argv=None) -> pd.DataFrame:
 
     table = []
     for cat, part in [("all", held), *held.groupby("task_category")]:
-        table.append({"task_category": cat, "method": "bayescale chained (90% predictive)", **score(part, "bs")})
-        table.append({"task_category": cat, "method": "two-step curve_fit (90% delta)", **score(part, "cf")})
+        table.append({"task_category": cat, "method": "bayescale chained (90% predictive)", **score_metric_forecasts(part, "bs")})
+        table.append({"task_category": cat, "method": "two-step curve_fit (90% delta)", **score_metric_forecasts(part, "cf")})
     table = pd.DataFrame(table)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from bayescale import SamplerSettings
-from bayescale.metrics import curve_fit_sigmoid, fit_metric, predict_sigmoid
+from bayescale.metrics import curve_fit_sigmoid, fit_metric, predict_sigmoid, score_metric_forecasts
 from bayescale.metrics_report import write_metric_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,14 +43,6 @@ def load() -> pd.DataFrame:
     df = df[(df["metric"] >= 0) & (df["metric"] <= 1)]
     df["task_group"] = df["source_file"].map(SOURCES)
     return df.reset_index(drop=True)
-
-
-def score(df: pd.DataFrame, prefix: str) -> dict:
-    y, med = df["metric"].to_numpy(), df[f"{prefix}_median"].to_numpy(float)
-    lo, hi = df[f"{prefix}_lower"].to_numpy(float), df[f"{prefix}_upper"].to_numpy(float)
-    ok = np.isfinite(med)
-    return {"MAE_points": 100 * float(np.median(np.abs(med[ok] - y[ok]))),
-            "coverage_90": float(np.mean((lo[ok] <= y[ok]) & (y[ok] <= hi[ok]))), "n": int(ok.sum())}
 
 
 def main(argv=None) -> pd.DataFrame:
@@ -96,8 +88,8 @@ def main(argv=None) -> pd.DataFrame:
 
     table = []
     for name, part in [("all", held), *held.groupby("task_group"), *held.groupby("task")]:
-        table.append({"tasks": name, "method": "bayescale (90% predictive)", **score(part, "bs")})
-        table.append({"tasks": name, "method": "curve_fit per task (90% delta)", **score(part, "cf")})
+        table.append({"tasks": name, "method": "bayescale (90% predictive)", **score_metric_forecasts(part, "bs")})
+        table.append({"tasks": name, "method": "curve_fit per task (90% delta)", **score_metric_forecasts(part, "cf")})
     table = pd.DataFrame(table)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
