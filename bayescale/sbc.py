@@ -112,9 +112,7 @@ def sbc(template: RunTable, *, law: str = "saturating", likelihood: str = "norma
     # One MCMC object with jit_model_args: the sampler is compiled once and reused for every replication.
     chain_method = settings.chain_method
     if chain_method == "auto":
-        # Not "parallel": repeated pmapped refits crashed (segfault inside XLA compilation, jax 0.12.0.1
-        # on CPU) after a few minutes, twice; one compiled single-chain sampler run chain after chain does not pmap.
-        chain_method = "sequential"
+        chain_method = "parallel" if jax.local_device_count() >= settings.chains > 1 else "sequential"
     kernel = NUTS(build_model(spec), target_accept_prob=settings.target_accept,
                   max_tree_depth=settings.max_tree_depth, init_strategy=init_to_median(num_samples=15))
     mcmc = MCMC(kernel, num_warmup=settings.warmup, num_samples=settings.draws, num_chains=settings.chains,
