@@ -27,14 +27,14 @@ def test_sbc_smoke():
     assert {"chi2_p", "ks_p"} <= set(res.tests.columns) and len(res.tests) == 4
 
 
-@pytest.mark.slow
+@pytest.mark.sbc
 def test_sbc_saturating_uniform_ranks():
     res = sbc(_template(3), n_reps=100, seed=1)
     print(res.tests.to_string())
     assert_uniform(res.tests)
 
 
-@pytest.mark.slow
+@pytest.mark.sbc
 def test_sbc_chinchilla_uniform_ranks():
     template = load_runs(simulate_isoflop_runs([1e18, 1e19, 1e20], n_per_budget=5, seed=0), scale="compute_flops")
     res = sbc(template, law="chinchilla", n_reps=60, seed=2)
