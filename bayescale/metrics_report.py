@@ -8,14 +8,13 @@ Usage:
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from .metrics import MetricFit, plot_emergence
+from .io import atomic_write_bytes
 from .report import _CSS, _png, _table
 
 __all__ = ["write_metric_report", "emergence_section"]
@@ -73,16 +72,4 @@ def write_metric_report(mfit: MetricFit, path, *, title: str = "bayescale metric
     text = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
             + "\n".join(parts) + "\n</body>\n</html>\n")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                      suffix=".tmp", delete=False)
-    try:
-        with tmp:
-            tmp.write(text)
-        os.chmod(tmp.name, 0o644)
-        os.replace(tmp.name, path)
-    except BaseException:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, text.encode("utf-8"))

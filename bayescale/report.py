@@ -11,14 +11,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from . import plots
+from .io import atomic_write_bytes
 
 __all__ = ["write_report", "ALLOCATION_OPTIONS"]
 
@@ -172,20 +171,5 @@ def write_report(fit, path, *, title: str = "bayescale report", heldout: pd.Data
     never destroys an existing one. The parent directory is created if needed.
     Usage: ``write_report(fit, "out/report.html", heldout=test_df, tables={"coverage": cov}, notes=["..."])``
     """
-    path = Path(path)
     text = _render(fit, title, heldout, tables, notes, allocation)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    tmp = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                      suffix=".tmp", delete=False)
-    try:
-        with tmp:
-            tmp.write(text)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp.name, mode)  # NamedTemporaryFile creates 0600; give the report normal permissions
-        os.replace(tmp.name, path)
-    except BaseException:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, text.encode("utf-8"))

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from bayescale import SamplerSettings, fit_law, load_runs, plots, report
+from bayescale import SamplerSettings, fit_law, load_runs, plots
 from bayescale.report import write_report
 
 pytestmark = pytest.mark.filterwarnings("ignore::bayescale.inference.ConvergenceWarning")
@@ -99,7 +99,7 @@ def test_failed_write_removes_temp_file(fit, tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)  # the atomic writer (bayescale.io) calls os.replace
     with pytest.raises(OSError, match="disk full"):
         write_report(fit, path)
     monkeypatch.undo()
