@@ -25,7 +25,7 @@ import pandas as pd
 from . import allocation
 from .inference import Diagnostics, diagnose, run_nuts, warn_if_bad
 from .laws import log_scale_to_reach
-from .model import build_model, cell_values, model_data
+from .model import build_model, cell_values, model_data, new_cell_draws
 from .runs import RunTable
 from .spec import ModelSpec, Priors, SamplerSettings
 
@@ -104,18 +104,7 @@ class Fit:
             k = self.spec.cells.index(levels) if self.spec.groups else 0
             theta = [self._flat(name)[:, k] for name in params]
         else:
-            rng = np.random.default_rng(seed)
-            value = self._flat("mu")
-            if len(self.spec.groups) >= 2:
-                for factor, level in resolved.items():
-                    sd = self._flat(f"sd_{factor}")
-                    if level in self.spec.levels[factor]:
-                        z = self._flat(f"z_{factor}")[..., self.spec.levels[factor].index(level)]
-                    else:
-                        z = rng.standard_normal(sd.shape)
-                    value = value + sd * z
-            sd_cell = self._flat("sd_cell")
-            value = value + sd_cell * rng.standard_normal(sd_cell.shape)
+            value = new_cell_draws(self._flat, self.spec, levels, np.random.default_rng(seed))
             theta = [value[:, i] for i in range(len(params))]
         return dict(zip(params, theta))
 

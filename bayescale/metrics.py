@@ -40,7 +40,7 @@ from scipy import optimize, special, stats
 
 from .inference import Diagnostics, diagnose, run_nuts, warn_if_bad
 from .fit import _interval_columns
-from .model import _split, cell_values, sample_hierarchy
+from .model import _split, cell_values, new_cell_draws, sample_hierarchy
 from .spec import SamplerSettings
 
 __all__ = ["MetricSpec", "MetricFit", "fit_metric", "sigmoid_metric", "LEVELS", "curve_fit_sigmoid",
@@ -234,17 +234,7 @@ class MetricFit:
             zs, lk = self._flat("z_star")[:, k], self._flat("log_k")[:, k]
             chance = self.spec.chance[k]
         else:
-            rng = np.random.default_rng(seed)
-            value = self._flat("mu")
-            if len(self.spec.groups) >= 2:
-                for factor, level in zip(self.spec.groups, key):
-                    sd = self._flat(f"sd_{factor}")
-                    if level in self.spec.levels[factor]:
-                        value = value + sd * self._flat(f"z_{factor}")[..., self.spec.levels[factor].index(level)]
-                    else:
-                        value = value + sd * rng.standard_normal(sd.shape)
-            sd_cell = self._flat("sd_cell") if self.spec.groups else np.zeros_like(value)
-            value = value + sd_cell * rng.standard_normal(sd_cell.shape)
+            value = new_cell_draws(self._flat, self.spec, key, np.random.default_rng(seed))
             zs, lk = value[:, 0], value[:, 1]
             chance = self._chance_of(key, group)
         return {"z_star": zs, "k": np.exp(lk), "chance": chance}

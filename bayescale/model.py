@@ -29,7 +29,7 @@ import numpyro.distributions as dist
 from .runs import RunTable
 from .spec import ModelSpec, law_log_covariates
 
-__all__ = ["build_model", "model_data", "cell_values", "sample_hierarchy"]
+__all__ = ["build_model", "model_data", "cell_values", "sample_hierarchy", "new_cell_draws"]
 
 
 def model_data(runs: RunTable, spec: ModelSpec, with_response: bool = True) -> dict:
@@ -77,6 +77,27 @@ def cell_values(draws: dict, spec: ModelSpec, cell_levels, xp=np):
         noncentered_vals = base[..., noncentered, :] + draws["sd_cell"][..., noncentered, None] * draws["z_cell"]
         parts.update({int(i): noncentered_vals[..., j : j + 1, :] for j, i in enumerate(noncentered)})
     return xp.concatenate([parts[i] for i in range(len(spec.law_params))], axis=-2)
+
+
+def new_cell_draws(flat, spec, levels: tuple, rng: np.random.Generator) -> np.ndarray:
+    """Posterior draws of the parameters of a cell the fit has not seen, shape (n_draws, n_params).
+
+    Population mean, plus the fitted effect of each seen level and a fresh draw for each unseen
+    one, plus a fresh cell effect: the hierarchy's forecast for a new curve. ``flat(name)`` returns
+    a site's draws as (n_draws, ...); ``levels`` gives one level (or None) per factor.
+    Usage: ``new_cell_draws(fit._flat, fit.spec, ("rpj", None), np.random.default_rng(0))``
+    """
+    value = flat("mu")
+    if len(spec.groups) >= 2:
+        for factor, level in zip(spec.groups, levels):
+            sd = flat(f"sd_{factor}")
+            if level in spec.levels[factor]:
+                z = flat(f"z_{factor}")[..., spec.levels[factor].index(level)]
+            else:
+                z = rng.standard_normal(sd.shape)
+            value = value + sd * z
+    sd_cell = flat("sd_cell") if spec.groups else np.zeros_like(value)
+    return value + sd_cell * rng.standard_normal(sd_cell.shape)
 
 
 def sample_hierarchy(spec, loc, scale, group_sd, cell_levels):
