@@ -20,11 +20,11 @@ if "jax" not in _sys.modules:
     _flags += "".join(f" --{k}={v}" for k, v in _FLAGS.items() if k not in _flags)
     _os.environ["XLA_FLAGS"] = _flags.strip()
 
-from .fit import Fit, fit_law  # noqa: E402
+from .fit import Fit, fit_law, fit_many  # noqa: E402
 from .inference import ConvergenceWarning, Diagnostics
 from .io import load_fit, save_fit
 from .runs import RunTable, RunTableError, load_runs
 from .spec import ModelSpec, Priors, SamplerSettings
 
-__all__ = ["load_runs", "RunTable", "RunTableError", "fit_law", "Fit", "ModelSpec", "Priors",
+__all__ = ["load_runs", "RunTable", "RunTableError", "fit_law", "fit_many", "Fit", "ModelSpec", "Priors",
            "SamplerSettings", "Diagnostics", "ConvergenceWarning", "save_fit", "load_fit"]

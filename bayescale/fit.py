@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 
 from . import allocation
-from .inference import Diagnostics, diagnose, run_nuts, warn_if_bad
+from .inference import Diagnostics, diagnose, run_nuts, run_nuts_batched, warn_if_bad
 from .laws import log_scale_to_reach
-from .model import build_model, cell_values, model_data, new_cell_draws
+from .model import build_model, cell_values, model_data, new_cell_draws, structure_key
 from .runs import RunTable
 from .spec import ModelSpec, Priors, SamplerSettings
 
-__all__ = ["Fit", "fit_law", "POPULATION"]
+__all__ = ["Fit", "fit_law", "fit_many", "POPULATION"]
 
 #: Label used in forecast tables for a level the fit has not seen.
 POPULATION = "(new)"
@@ -317,17 +317,8 @@ def _add_cell_quantities(tree, spec: ModelSpec):
     return tree
 
 
-def fit_law(runs: RunTable, *, likelihood: str = "normal", priors: Priors | None = None,
-            settings: SamplerSettings | None = None, spec: ModelSpec | None = None, law: str = "saturating") -> Fit:
-    """Fit a hierarchical law with NUTS: by default ``L = L_inf + a * x**-alpha`` in the scale column;
-    ``law="chinchilla"``: ``L = E + A/N**alpha + B/D**beta`` in the run table's ``params_col`` and
-    ``tokens_col`` (same hierarchy, priors and likelihoods; see ``bayescale.laws``).
-
-    Usage: ``fit = fit_law(runs, likelihood="student_t", settings=SamplerSettings(seed=1))``,
-    ``fit_law(runs, law="chinchilla", likelihood="student_t")``
-    """
-    spec = spec or ModelSpec.from_runs(runs, likelihood=likelihood, priors=priors, law=law)
-    settings = settings or SamplerSettings()
+def _coords_dims(spec: ModelSpec) -> tuple[dict, dict]:
+    """ArviZ coords and dims of the model's sites."""
     params = spec.law_params
     centered = [p for p in params if p in spec.centered]
     coords = {"law_param": list(params), "cell": spec.cell_labels, "centered_param": centered,
@@ -339,15 +330,66 @@ def fit_law(runs: RunTable, *, likelihood: str = "normal", priors: Priors | None
         del coords["noncentered_param"], dims["z_cell"]
     for g in spec.groups:
         dims.update({f"sd_{g}": ["law_param"], f"z_{g}": ["law_param", f"{g}_level"]})
-    data = model_data(runs, spec)
-    if settings.engine == "numpyro":
-        tree, _, timings = run_nuts(build_model(spec), data, settings, coords, dims)
-    else:  # the same spec as a pymc.Model, sampled by PyMC's NUTS or nutpie
-        from .pymc_model import run_pymc
-        tree, timings = run_pymc(spec, data, settings, coords, dims)
+    return coords, dims
+
+
+def _finish(runs: RunTable, spec: ModelSpec, settings: SamplerSettings, tree, data: dict, timings: dict,
+            warn: bool = True) -> Fit:
+    """Posterior quantities, posterior predictive and diagnostics of a sampled tree -> ``Fit``."""
     tree = _add_cell_quantities(tree, spec)
     if settings.posterior_predictive:
         tree = _add_posterior_predictive(tree, spec, data, settings.seed)
     diagnostics = diagnose(tree, settings)
-    warn_if_bad(diagnostics)
+    if warn:
+        warn_if_bad(diagnostics)
     return Fit(runs=runs, spec=spec, settings=settings, tree=tree, diagnostics=diagnostics, timings=timings)
+
+
+def fit_law(runs: RunTable, *, likelihood: str = "normal", priors: Priors | None = None,
+            settings: SamplerSettings | None = None, spec: ModelSpec | None = None, law: str = "saturating") -> Fit:
+    """Fit a hierarchical law with NUTS: by default ``L = L_inf + a * x**-alpha`` in the scale column;
+    ``law="chinchilla"``: ``L = E + A/N**alpha + B/D**beta`` in the run table's ``params_col`` and
+    ``tokens_col`` (same hierarchy, priors and likelihoods; see ``bayescale.laws``).
+
+    The compiled sampler is kept for the process: a refit on a table of the same shape (same
+    curves, runs and settings; new values) starts sampling at once, without compiling.
+    Usage: ``fit = fit_law(runs, likelihood="student_t", settings=SamplerSettings(seed=1))``,
+    ``fit_law(runs, law="chinchilla", likelihood="student_t")``
+    """
+    spec = spec or ModelSpec.from_runs(runs, likelihood=likelihood, priors=priors, law=law)
+    settings = settings or SamplerSettings()
+    coords, dims = _coords_dims(spec)
+    data = model_data(runs, spec)
+    if settings.engine == "numpyro":
+        tree, timings = run_nuts(build_model(spec), data, settings, coords, dims, cache_key=structure_key(spec))
+    else:  # the same spec as a pymc.Model, sampled by PyMC's NUTS or nutpie
+        from .pymc_model import run_pymc
+        tree, timings = run_pymc(spec, data, settings, coords, dims)
+    return _finish(runs, spec, settings, tree, data, timings)
+
+
+def fit_many(tables: Sequence[RunTable], *, likelihood: str = "normal", settings: SamplerSettings | None = None,
+             law: str = "saturating", warn: bool = False) -> list[Fit]:
+    """Independent fits of many run tables of the same shape, sampled together in one vectorized program.
+
+    Each table gets its own spec (its own scale-aware priors) and its own ``Fit`` with diagnostics;
+    the tables must have the same structure (curves, runs per curve): e.g. one table per simulated
+    data set, per bootstrap resample or per candidate design. Much faster than a loop of
+    ``fit_law`` for many small fits (``benchmarks/engines.py``). ``warn=True`` emits each fit's
+    ``ConvergenceWarning`` messages; by default check ``fit.diagnostics.ok``.
+    Usage: ``fits = fit_many([runs_a, runs_b], settings=SamplerSettings(seed=0))``
+    """
+    settings = settings or SamplerSettings()
+    if settings.engine != "numpyro":
+        raise ValueError(f"fit_many samples with bayescale's NumPyro engine; got engine={settings.engine!r}")
+    specs = [ModelSpec.from_runs(r, likelihood=likelihood, law=law) for r in tables]
+    keys = {structure_key(s) for s in specs}
+    if len(keys) > 1:
+        raise ValueError(f"fit_many needs tables of one structure (same law, factors, levels and curves); got "
+                         f"{len(keys)} different ones: fit them in separate calls")
+    datas = [model_data(r, s) for r, s in zip(tables, specs)]
+    coords_dims = [_coords_dims(s) for s in specs]
+    trees, timings = run_nuts_batched(build_model(specs[0]), datas, settings, [c for c, _ in coords_dims],
+                                      coords_dims[0][1], cache_key=structure_key(specs[0]))
+    return [_finish(r, s, settings, t, d, {**timings, "batch": len(tables)}, warn=warn)
+            for r, s, t, d in zip(tables, specs, trees, datas)]

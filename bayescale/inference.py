@@ -3,7 +3,7 @@
 The engine knows models and arrays, not reports. x64 is switched on here (``numpyro.enable_x64``)
 because the law's ridge needs float64 on CPU; seeds are explicit (``SamplerSettings.seed``).
 
-Usage: ``tree, mcmc, timings = run_nuts(model, data, settings, coords, dims)``
+Usage: ``tree, timings = run_nuts(model, data, settings, coords, dims, cache_key=structure_key(spec))``
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ import jax
 import numpy as np
 import numpyro
 import pandas as pd
-from numpyro.infer import MCMC, NUTS, init_to_median
+from numpyro.infer import init_to_median
+from numpyro.infer.hmc import hmc
+from numpyro.infer.util import initialize_model
 
 from .spec import SamplerSettings
 
-__all__ = ["Diagnostics", "run_nuts", "ConvergenceWarning", "RHAT_MAX", "ESS_MIN", "diagnose", "warn_if_bad"]
+__all__ = ["Diagnostics", "run_nuts", "run_nuts_batched", "ConvergenceWarning", "RHAT_MAX", "ESS_MIN", "diagnose", "warn_if_bad"]
 
 RHAT_MAX = 1.01
 ESS_MIN = 400
@@ -121,37 +123,162 @@ def _use_compile_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def run_nuts(model, data: dict, settings: SamplerSettings, coords: dict, dims: dict):
-    """Sample ``model(**data)`` with NUTS; return (DataTree, MCMC, timings in seconds).
+#: Compiled samplers by (model structure, settings): refits on data of the same shape reuse them.
+_PROGRAMS: dict = {}
+
+
+def _chain_method(settings: SamplerSettings) -> str:
+    if settings.chain_method != "auto":
+        return settings.chain_method
+    return "parallel" if jax.local_device_count() >= settings.chains > 1 else "vectorized"
+
+
+def _one_chain(model, settings: SamplerSettings, tick):
+    """A pure function (rng_key, model kwargs) -> (samples, diverging, n_steps) for one NUTS chain.
+
+    Initialisation (``init_to_median``), warmup with step-size and diagonal (or dense) mass-matrix
+    adaptation, and the draws, all in one traceable function of the data: it can be jitted once
+    and reused, vmapped over data sets, or pmapped over chains.
+    """
+    def run(rng_key, kwargs):
+        key_init, key_run = jax.random.split(rng_key)
+        info = initialize_model(key_init, model, init_strategy=init_to_median(num_samples=15), dynamic_args=True,
+                                model_kwargs=kwargs)
+        init_kernel, sample_kernel = hmc(potential_fn_gen=info.potential_fn, algo="NUTS")
+        dense = [tuple(sorted(info.param_info.z))] if settings.dense_mass else []
+        state = init_kernel(info.param_info, settings.warmup, target_accept_prob=settings.target_accept,
+                            dense_mass=dense, trajectory_length=None, max_tree_depth=settings.max_tree_depth,
+                            model_kwargs=kwargs, rng_key=key_run)
+
+        def warm(i, s):
+            return tick(i, sample_kernel(s, model_kwargs=kwargs))
+
+        def draw(s, i):
+            s = tick(settings.warmup + i, sample_kernel(s, model_kwargs=kwargs))
+            return s, (s.z, s.diverging, s.num_steps)
+
+        state = jax.lax.fori_loop(0, settings.warmup, warm, state)
+        _, (z, diverging, n_steps) = jax.lax.scan(draw, state, jax.numpy.arange(settings.draws))
+        return jax.vmap(info.postprocess_fn(**kwargs))(z), diverging, n_steps
+
+    return run
+
+
+def _progress(settings: SamplerSettings, n_chains_total: int):
+    """(tick, close): ``tick(i, state)`` reports every 1% of iterations to one tqdm bar when asked."""
+    if not settings.progress_bar:
+        return (lambda i, s: s), (lambda: None)
+    from tqdm.auto import tqdm
+
+    total = settings.warmup + settings.draws
+    every = max(1, total // 100)
+    bar = tqdm(total=total * n_chains_total, desc="NUTS (warmup + draws, all chains)", unit="it")
+
+    def tick(i, s):
+        jax.lax.cond((i + 1) % every == 0, lambda: jax.debug.callback(lambda: bar.update(every)), lambda: None)
+        return s
+
+    return tick, bar.close
+
+
+def _program(model, settings: SamplerSettings, method: str, batched: bool, cache_key, tick):
+    """The compiled sampler: f(keys, kwargs); keys (chains[, batch], 2); cached by ``cache_key``."""
+    key = None
+    if cache_key is not None and not settings.progress_bar:
+        key = (cache_key, settings.chains, settings.warmup, settings.draws, settings.target_accept,
+               settings.max_tree_depth, settings.dense_mass, settings.precision, method, batched)
+        if key in _PROGRAMS:
+            return _PROGRAMS[key]
+    chain = _one_chain(model, settings, tick)
+    per_chain = jax.vmap(chain, in_axes=(0, 0)) if batched else chain
+    if method == "parallel":
+        program = jax.pmap(per_chain, in_axes=(0, None))
+    elif method == "vectorized":
+        program = jax.jit(jax.vmap(per_chain, in_axes=(0, None)))
+    elif method == "sequential":
+        jitted = jax.jit(per_chain)
+
+        def program(keys, kwargs):
+            outs = [jitted(k, kwargs) for k in keys]
+            return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *outs)
+    else:
+        raise ValueError(f"chain_method must be auto, parallel, vectorized or sequential, got {method!r}")
+    if key is not None:
+        _PROGRAMS[key] = program
+    return program
+
+
+def _sample(model, kwargs: dict, settings: SamplerSettings, cache_key, batch: int | None):
+    """Run the compiled sampler; outputs by chain first: samples (chains[, batch], draws, ...)."""
+    numpyro.enable_x64(settings.precision == "float64")
+    _use_compile_cache()
+    method = _chain_method(settings)
+    tick, close = _progress(settings, settings.chains * (batch or 1))
+    program = _program(model, settings, method, batch is not None, cache_key, tick)
+    keys = jax.random.split(jax.random.PRNGKey(settings.seed), settings.chains)
+    if batch is not None:
+        keys = jax.vmap(lambda k: jax.random.split(k, batch))(keys)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    with _compile_clock() as compile_s:
+        t0 = time.perf_counter()
+        try:
+            out = jax.device_get(program(keys, kwargs))
+        finally:
+            close()
+        timings = {"sampling": time.perf_counter() - t0}
+    timings["compile"] = compile_s[0]
+    return out, timings
+
+
+def _tree(samples: dict, diverging, n_steps, y, coords: dict, dims: dict):
+    groups = {"posterior": {k: np.asarray(v) for k, v in samples.items()},
+              "sample_stats": {"diverging": np.asarray(diverging), "n_steps": np.asarray(n_steps)}}
+    if y is not None:
+        groups["observed_data"] = {"obs": np.asarray(y)}
+    return az.from_dict(groups, coords=coords, dims={**dims, "obs": ["run"]})
+
+
+def run_nuts(model, data: dict, settings: SamplerSettings, coords: dict, dims: dict, cache_key=None):
+    """Sample ``model(**data)`` with NUTS; return (DataTree, timings in seconds).
 
     The DataTree holds ``posterior``, ``sample_stats`` (``diverging``, ``n_steps``) and
     ``observed_data`` (``obs``, when ``data`` has ``y``). ``timings``: ``sampling`` (compilation +
     warmup + draws, waited for: JAX runs asynchronously) and ``compile`` (the part JAX reports as
-    tracing, lowering and compiling).
-    Usage: ``tree, mcmc, timings = run_nuts(model, data, SamplerSettings(seed=1), coords, dims)``
+    tracing, lowering and compiling). With a ``cache_key`` (the model's structure, e.g.
+    ``bayescale.model.structure_key(spec)``), the compiled sampler is kept for this process, so a
+    refit on data of the same shape does not compile again: ``model`` must then take every number
+    that depends on the data as an argument.
+    Usage: ``tree, timings = run_nuts(model, data, SamplerSettings(seed=1), coords, dims)``
     """
-    numpyro.enable_x64(settings.precision == "float64")
-    _use_compile_cache()
-    chain_method = settings.chain_method
-    if chain_method == "auto":
-        chain_method = "parallel" if jax.local_device_count() >= settings.chains > 1 else "vectorized"
-    kernel = NUTS(model, target_accept_prob=settings.target_accept, max_tree_depth=settings.max_tree_depth,
-                  init_strategy=init_to_median(num_samples=15))
-    mcmc = MCMC(kernel, num_warmup=settings.warmup, num_samples=settings.draws, num_chains=settings.chains,
-                chain_method=chain_method, progress_bar=settings.progress_bar)
-    with _compile_clock() as compile_s:
-        t0 = time.perf_counter()
-        mcmc.run(jax.random.PRNGKey(settings.seed), **data, extra_fields=("diverging", "num_steps"))
-        samples = jax.device_get(mcmc.get_samples(group_by_chain=True))
-        timings = {"sampling": time.perf_counter() - t0}
-    timings["compile"] = compile_s[0]
-    stats = jax.device_get(mcmc.get_extra_fields(group_by_chain=True))
-    groups = {"posterior": {k: np.asarray(v) for k, v in samples.items()},
-              "sample_stats": {"diverging": np.asarray(stats["diverging"]), "n_steps": np.asarray(stats["num_steps"])}}
-    if data.get("y") is not None:
-        groups["observed_data"] = {"obs": np.asarray(data["y"])}
-    tree = az.from_dict(groups, coords=coords, dims={**dims, "obs": ["run"]})
-    return tree, mcmc, timings
+    (samples, diverging, n_steps), timings = _sample(model, data, settings, cache_key, None)
+    return _tree(samples, diverging, n_steps, data.get("y"), coords, dims), timings
+
+
+def run_nuts_batched(model, datas: list[dict], settings: SamplerSettings, coords: list[dict], dims: dict,
+                     cache_key=None):
+    """Independent NUTS fits of one model on several data sets of the same shape, in one program.
+
+    Every chain of every fit runs in one vectorized (vmapped) computation: for many small fits this
+    is much faster than a Python loop. Returns (list of DataTrees, timings for the whole batch).
+    Usage: ``trees, timings = run_nuts_batched(model, [data1, data2], settings, [coords1, coords2], dims)``
+    """
+    if not datas:
+        raise ValueError("run_nuts_batched needs at least one data set")
+    shapes = [jax.tree.map(np.shape, {k: v for k, v in d.items() if v is not None}) for d in datas]
+    for i, shape in enumerate(shapes):
+        if shape != shapes[0]:
+            raise ValueError(f"data set {i} has array shapes {shape}, data set 0 has {shapes[0]}; a batched fit "
+                             "needs the same shapes (same runs per curve and curves); fit others separately")
+    stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
+                           *[{k: v for k, v in d.items() if v is not None} for d in datas])
+    (samples, diverging, n_steps), timings = _sample(model, stacked, settings, cache_key, len(datas))
+
+    def fit_i(x, i):  # (chains, batch, draws, ...) -> (chains, draws, ...)
+        return np.asarray(x)[:, i]
+
+    trees = [_tree({k: fit_i(v, i) for k, v in samples.items()}, fit_i(diverging, i), fit_i(n_steps, i),
+                   datas[i].get("y"), coords[i], dims) for i in range(len(datas))]
+    return trees, timings
 
 
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",

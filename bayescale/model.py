@@ -16,6 +16,11 @@ of ``bayescale.laws`` and float64 make the model mix (see ``studies/parametrizat
 share vector-valued sample sites, which keeps the JAX graph (and compile time) small. The law's mean
 function comes from ``spec.law_def`` and its covariates (``u``; or ``uN``, ``uD``) from ``model_data``.
 
+Everything the model takes from the data (covariates, cells, the scale-aware prior constants and the
+reference grids) is a model argument (``model_data``); the model function itself depends only on
+the spec's structure (``structure_key``), so one compiled sampler serves every data set of the same
+shape (``bayescale.inference.run_nuts(..., cache_key=structure_key(spec))``).
+
 Usage: ``MCMC(NUTS(build_model(spec)), ...).run(key, **model_data(runs, spec))``
 """
 
@@ -29,7 +34,8 @@ import numpyro.distributions as dist
 from .runs import RunTable
 from .spec import ModelSpec, law_log_covariates
 
-__all__ = ["build_model", "model_data", "cell_values", "sample_hierarchy", "new_cell_draws"]
+__all__ = ["build_model", "model_data", "prior_arrays", "structure_key", "cell_values", "sample_hierarchy",
+           "new_cell_draws"]
 
 
 def model_data(runs: RunTable, spec: ModelSpec, with_response: bool = True) -> dict:
@@ -44,7 +50,34 @@ def model_data(runs: RunTable, spec: ModelSpec, with_response: bool = True) -> d
     out = {name: x - ref for name, x, ref in zip(law.covariates, law_log_covariates(runs, law), spec.law_log_refs)}
     out.update({"cell": cell, "cell_levels": spec.cell_level_codes()})
     out["y"] = runs.data[runs.response].to_numpy(np.float64) if with_response else None
+    out["priors"] = prior_arrays(spec)
+    out["grids"] = spec.law_grids
     return out
+
+
+def prior_arrays(spec: ModelSpec) -> dict:
+    """The prior's numbers as arrays (model arguments, not constants of the compiled model).
+
+    Usage: ``prior_arrays(spec)["loc"]``
+    """
+    pri, law = spec.priors, spec.law_def
+    missing = [p for p in law.params if p not in pri.group_sd]
+    if missing:
+        raise ValueError(f"priors.group_sd lacks {missing}; it needs one spread per law parameter {list(law.params)}")
+    return {"loc": np.array([pri.loc_scale(p)[0] for p in law.params], dtype=np.float64),
+            "scale": np.array([pri.loc_scale(p)[1] for p in law.params], dtype=np.float64),
+            "group_sd": np.array([pri.group_sd[p] for p in law.params], dtype=np.float64),
+            "noise_sd": np.float64(pri.noise_sd), "nu_shape": np.float64(pri.nu_shape),
+            "nu_rate": np.float64(pri.nu_rate)}
+
+
+def structure_key(spec: ModelSpec) -> tuple:
+    """What the compiled model depends on: law, factors, level and cell counts, centring, likelihood.
+
+    Two specs with the same key share one compiled sampler. Usage: ``run_nuts(..., cache_key=structure_key(spec))``
+    """
+    return ("law", spec.law, spec.groups, tuple(len(spec.levels[g]) for g in spec.groups), len(spec.cells),
+            tuple(spec.centered), spec.likelihood)
 
 
 def _split(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -132,22 +165,19 @@ def sample_hierarchy(spec, loc, scale, group_sd, cell_levels):
 
 
 def build_model(spec: ModelSpec):
-    """The NumPyro model function for ``spec``. Usage: ``model = build_model(spec)``."""
-    pri, law = spec.priors, spec.law_def
-    loc = np.array([pri.loc_scale(p)[0] for p in law.params])
-    scale = np.array([pri.loc_scale(p)[1] for p in law.params])
-    missing = [p for p in law.params if p not in pri.group_sd]
-    if missing:
-        raise ValueError(f"priors.group_sd lacks {missing}; it needs one spread per law parameter {list(law.params)}")
-    group_sd = np.array([pri.group_sd[p] for p in law.params])
-    grids = spec.law_grids
+    """The NumPyro model function for ``spec``: ``model(cell, cell_levels, priors, grids, y=None, **covariates)``.
 
-    def model(cell, cell_levels, y=None, **covariates):
-        theta = sample_hierarchy(spec, loc, scale, group_sd, cell_levels)[..., cell]
+    Only the spec's structure (``structure_key``) is baked in; numbers come from ``model_data``.
+    Usage: ``model = build_model(spec); model(**model_data(runs, spec))``
+    """
+    law = spec.law_def
+
+    def model(cell, cell_levels, priors, grids, y=None, **covariates):
+        theta = sample_hierarchy(spec, priors["loc"], priors["scale"], priors["group_sd"], cell_levels)[..., cell]
         mean = law.mean(dict(zip(law.params, theta)), covariates, grids, xp=jnp)
-        sigma = numpyro.sample("sigma", dist.HalfNormal(pri.noise_sd))
+        sigma = numpyro.sample("sigma", dist.HalfNormal(priors["noise_sd"]))
         if spec.likelihood == "student_t":
-            nu = numpyro.sample("nu", dist.Gamma(pri.nu_shape, pri.nu_rate))
+            nu = numpyro.sample("nu", dist.Gamma(priors["nu_shape"], priors["nu_rate"]))
             noise = dist.StudentT(nu, mean, sigma)
         else:
             noise = dist.Normal(mean, sigma)

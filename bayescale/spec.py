@@ -250,6 +250,7 @@ class SamplerSettings:
     draws: int = 1000
     target_accept: float = 0.95
     max_tree_depth: int = 10
+    dense_mass: bool = False  # adapt a dense mass matrix (helps strongly correlated posteriors; costs O(dim^2))
     seed: int = 0
     chain_method: Literal["auto", "vectorized", "parallel", "sequential"] = "auto"
     precision: Literal["float64", "float32"] = "float64"  # float32: faster on GPUs, less exact
