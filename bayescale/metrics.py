@@ -43,7 +43,7 @@ from .fit import _interval_columns
 from .model import _split, cell_values, new_cell_draws, sample_hierarchy
 from .spec import SamplerSettings
 
-__all__ = ["MetricSpec", "MetricFit", "fit_metric", "sigmoid_metric", "LEVELS", "curve_fit_sigmoid",
+__all__ = ["MetricSpec", "MetricFit", "fit_metric", "sigmoid_metric", "natural_params", "LEVELS", "curve_fit_sigmoid",
            "predict_sigmoid", "plot_emergence"]
 
 #: Default threshold levels, as fractions of the way from chance to ceiling.
@@ -51,9 +51,24 @@ LEVELS = {"half": 0.5, "clear": 0.1}
 _EPS = 1e-3
 
 
+#: Default priors of the sampled parameters (``log_k``'s location is set from the covariate range).
+_PRIORS = {"level": (0.0, 2.0), "log_k": (None, 1.0), "group_sd": {"level": 3.0, "log_k": 1.0},
+           "log_phi": (5.0, 2.0)}
+
+
 def sigmoid_metric(z, chance, ceiling, z_star, k, xp=np):
     """Expected metric at centred covariate ``z``. Usage: ``sigmoid_metric(z, 0.25, 1.0, 0.3, 2.0)``."""
     return chance + (ceiling - chance) / (1.0 + xp.exp(-k * (z - z_star)))
+
+
+def natural_params(level, log_k, z_ref, xp=np):
+    """``(z_star, k)`` from the sampled ``level`` (logit of the fraction of the chance-to-ceiling range
+    reached at ``z_ref``) and ``log_k``: ``k = exp(log_k)``, ``z_star = z_ref - level / k``.
+
+    Usage: ``z_star, k = natural_params(-2.0, 0.5, 0.0)``
+    """
+    k = xp.exp(log_k)
+    return z_ref - level / k, k
 
 
 @dataclass(frozen=True)
@@ -76,9 +91,10 @@ class MetricSpec:
     likelihood: str                 # "binomial", "beta_binomial", "beta"
     n_examples: str | None
     priors: dict                    # name -> (loc, scale) for mu; "group_sd" -> {param: sd}; "log_phi"
-    centered: tuple[str, ...] = ("z_star", "log_k")
+    centered: tuple[str, ...] = ()
     z_range: tuple[float, float] = (0.0, 0.0)
-    law_params: tuple[str, ...] = ("z_star", "log_k")
+    z_ref: float = 0.0              # centred covariate where ``level`` is measured
+    law_params: tuple[str, ...] = ("level", "log_k")
 
     @property
     def cell_labels(self) -> list[str]:
@@ -118,7 +134,7 @@ def _chance_per_cell(data: pd.DataFrame, groups, cells, chance) -> tuple[float, 
 
 
 def _prepare(df: pd.DataFrame, x, metric, groups, chance, n_examples, link, ceiling, likelihood,
-             centered) -> tuple[MetricSpec, pd.DataFrame]:
+             centered, reference=0.5) -> tuple[MetricSpec, pd.DataFrame]:
     if link not in ("log", "loss"):
         raise ValueError(f"link must be 'log' (scale covariate) or 'loss', got {link!r}")
     cols = [x, metric, *groups] + ([chance] if isinstance(chance, str) else []) + ([n_examples] if n_examples else [])
@@ -143,14 +159,15 @@ def _prepare(df: pd.DataFrame, x, metric, groups, chance, n_examples, link, ceil
     ref = float(np.mean(np.log(xv))) if link == "log" else float(np.mean(xv))
     z = np.log(xv) - ref if link == "log" else -(xv - ref)
     width = max(float(np.ptp(z)), 1e-3)
-    priors = {"z_star": (0.0, width), "log_k": (float(np.log(4.0 / width)), 1.0),
-              "group_sd": {"z_star": width / 2, "log_k": 0.5}, "log_phi": (5.0, 2.0)}
+    z_ref = float(np.quantile(z, reference)) if isinstance(reference, float) and 0 <= reference <= 1 else 0.0
+    priors = {**{k: v for k, v in _PRIORS.items() if k != "log_k"},
+              "log_k": (float(np.log(4.0 / width)), _PRIORS["log_k"][1]), "group_sd": dict(_PRIORS["group_sd"])}
     if centered == "auto":
-        per_cell = data.groupby(list(groups))[x].nunique() if groups else pd.Series([len(np.unique(xv))])
-        centered = ("z_star", "log_k") if float(np.median(per_cell)) >= 8 else ()
+        centered = ()
     spec = MetricSpec(x=x, metric=metric, link=link, ref=ref, groups=tuple(groups), levels=levels, cells=cells,
                       chance=chances, ceiling=float(ceiling), likelihood=likelihood, n_examples=n_examples,
-                      priors=priors, centered=tuple(centered), z_range=(float(z.min()), float(z.max())))
+                      priors=priors, centered=tuple(centered), z_range=(float(z.min()), float(z.max())),
+                      z_ref=z_ref)
     return spec, data
 
 
@@ -179,7 +196,8 @@ def _build_model(spec: MetricSpec):
 
     def model(cell, cell_levels, z, y=None, n=None):
         theta = sample_hierarchy(spec, loc, scale, group_sd, cell_levels)[..., cell]
-        p = sigmoid_metric(z, chance[cell], ceiling, theta[0], jnp.exp(theta[1]), xp=jnp)
+        z_star, k = natural_params(theta[0], theta[1], spec.z_ref, xp=jnp)
+        p = sigmoid_metric(z, chance[cell], ceiling, z_star, k, xp=jnp)
         p = jnp.clip(p, _EPS / 10, 1 - _EPS / 10)
         if spec.likelihood == "binomial":
             noise = dist.Binomial(n, probs=p)
@@ -231,13 +249,14 @@ class MetricFit:
         """
         k, key = self._cell(group)
         if k is not None:
-            zs, lk = self._flat("z_star")[:, k], self._flat("log_k")[:, k]
+            level, lk = self._flat("level")[:, k], self._flat("log_k")[:, k]
             chance = self.spec.chance[k]
         else:
             value = new_cell_draws(self._flat, self.spec, key, np.random.default_rng(seed))
-            zs, lk = value[:, 0], value[:, 1]
+            level, lk = value[:, 0], value[:, 1]
             chance = self._chance_of(key, group)
-        return {"z_star": zs, "k": np.exp(lk), "chance": chance}
+        z_star, k_ = natural_params(level, lk, self.spec.z_ref)
+        return {"z_star": z_star, "k": k_, "level": level, "chance": chance}
 
     def _chance_of(self, key: tuple, group) -> float:
         """Chance level of an unseen cell: the one shared by the fitted cells with its known levels
@@ -426,7 +445,8 @@ def _add_cell_quantities(tree, spec: MetricSpec):
 def fit_metric(df: pd.DataFrame, *, x: str, metric: str = "metric", groups: Sequence[str] = ("task",),
                chance: str | float = "chance_level", n_examples: str | None = None, link: str = "log",
                ceiling: float = 1.0, likelihood: str = "auto", centered: str | tuple = "auto",
-               settings: SamplerSettings | None = None, priors: dict | None = None) -> MetricFit:
+               settings: SamplerSettings | None = None, priors: dict | None = None,
+               reference: float = 0.5) -> MetricFit:
     """Fit ``m = chance + (ceiling - chance) * sigmoid(k (z - z_star))`` hierarchically over ``groups`` with NUTS.
 
     ``x``: covariate column (a scale with ``link="log"``, a loss with ``link="loss"``). ``chance``: column or
@@ -436,7 +456,8 @@ def fit_metric(df: pd.DataFrame, *, x: str, metric: str = "metric", groups: Sequ
     defaults (``z_star`` ~ N(0, covariate range), ``log_k`` ~ N(log(4 / range), 1), ``log_phi`` ~ N(5, 2),
     ``group_sd``). Usage: ``fit_metric(df, x="compute_flops", groups=["task"], n_examples="n_examples")``
     """
-    spec, data = _prepare(df, x, metric, tuple(groups), chance, n_examples, link, ceiling, likelihood, centered)
+    spec, data = _prepare(df, x, metric, tuple(groups), chance, n_examples, link, ceiling, likelihood, centered,
+                          reference)
     if priors:
         spec = MetricSpec(**{**spec.__dict__, "priors": {**spec.priors, **priors}})
     settings = settings or SamplerSettings()
@@ -450,7 +471,7 @@ def fit_metric(df: pd.DataFrame, *, x: str, metric: str = "metric", groups: Sequ
     for g in spec.groups:
         dims.update({f"sd_{g}": ["metric_param"], f"z_{g}": ["metric_param", f"{g}_level"]})
     md = _model_data(spec, data)
-    tree, _, timings = run_nuts(_build_model(spec), md, settings, coords, dims)
+    tree, timings = run_nuts(_build_model(spec), md, settings, coords, dims)
     tree = _add_cell_quantities(tree, spec)
     diagnostics = diagnose(tree, settings)
     warn_if_bad(diagnostics)
