@@ -21,17 +21,18 @@ Usage:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jax
 import numpy as np
 import numpyro
 import pandas as pd
 from numpyro.diagnostics import split_gelman_rubin
-from numpyro.infer import MCMC, NUTS, Predictive, init_to_median
+from numpyro.infer import Predictive
 from scipy import stats
 
-from .model import build_model, cell_values, model_data
+from .inference import run_nuts_batched
+from .model import build_model, cell_values, model_data, structure_key
 from .runs import RunTable
 from .spec import ModelSpec, SamplerSettings
 
@@ -94,12 +95,13 @@ def _posterior(samples: dict, spec: ModelSpec) -> dict:
 
 def sbc(template: RunTable, *, law: str = "saturating", likelihood: str = "normal", n_reps: int = 100,
         settings: SamplerSettings | None = None, n_thin: int = 99, seed: int = 0,
-        spec: ModelSpec | None = None) -> SBCResult:
+        spec: ModelSpec | None = None, batch: int = 25) -> SBCResult:
     """Simulation-based calibration of the model for ``template``'s design (see module docstring).
 
     ``settings``: sampler of each refit (default ``SBC_SETTINGS``); ``n_thin``: posterior draws kept
     (equally spaced) per refit, so ranks lie on ``0..n_thin``; ``spec``: use this spec (priors,
-    grids) instead of ``ModelSpec.from_runs(template, law=law, likelihood=likelihood)``.
+    grids) instead of ``ModelSpec.from_runs(template, law=law, likelihood=likelihood)``; ``batch``:
+    replications refitted together in one vectorized program (``bayescale.inference.run_nuts_batched``).
     Usage: ``sbc(template, n_reps=200, seed=1).tests``
     """
     spec = spec or ModelSpec.from_runs(template, law=law, likelihood=likelihood)
@@ -109,26 +111,25 @@ def sbc(template: RunTable, *, law: str = "saturating", likelihood: str = "norma
     prior = Predictive(build_model(spec), num_samples=n_reps)(jax.random.PRNGKey(seed), **data)
     prior = {k: np.asarray(v) for k, v in prior.items()}
     truths = _truths(prior, spec, spec.cell_level_codes())
-    # One MCMC object with jit_model_args: the sampler is compiled once and reused for every replication.
-    chain_method = settings.chain_method
-    if chain_method == "auto":
-        chain_method = "parallel" if jax.local_device_count() >= settings.chains > 1 else "sequential"
-    kernel = NUTS(build_model(spec), target_accept_prob=settings.target_accept,
-                  max_tree_depth=settings.max_tree_depth, init_strategy=init_to_median(num_samples=15))
-    mcmc = MCMC(kernel, num_warmup=settings.warmup, num_samples=settings.draws, num_chains=settings.chains,
-                chain_method=chain_method, progress_bar=False, jit_model_args=True)
+    # Refits in vectorized batches of one shape: the sampler is compiled once for the whole run.
+    model, chunk = build_model(spec), max(1, min(batch, n_reps))
     rows = []
-    for r in range(n_reps):
-        mcmc.run(jax.random.PRNGKey(seed + 1 + r), **{**data, "y": prior["obs"][r]}, extra_fields=("diverging",))
-        samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-        draws = _posterior(samples, spec)
-        n_draws = len(draws["sigma"])
-        keep = np.linspace(0, n_draws - 1, min(n_thin, n_draws)).round().astype(int)
-        row = {name: int(np.sum(values[keep] < truths[name][r])) for name, values in draws.items()}
-        rhat = [float(np.max(split_gelman_rubin(samples[k]))) for k in ("mu", "sigma")] if settings.chains > 1 \
-            else [np.nan]
-        row.update(max_rhat=max(rhat), divergences=int(np.sum(mcmc.get_extra_fields()["diverging"])))
-        rows.append(row)
+    for start in range(0, n_reps, chunk):
+        reps = list(range(start, min(start + chunk, n_reps)))
+        padded = reps + [reps[-1]] * (chunk - len(reps))  # keep the shape (no recompiling); extras dropped
+        trees, _ = run_nuts_batched(model, [{**data, "y": prior["obs"][r]} for r in padded],
+                                    replace(settings, seed=seed + 1 + start), [{}] * chunk, {},
+                                    cache_key=("sbc", structure_key(spec)))
+        for r, tree in zip(reps, trees):
+            samples = {k: np.asarray(v.values) for k, v in tree.posterior.items()}
+            draws = _posterior(samples, spec)
+            n_draws = len(draws["sigma"])
+            keep = np.linspace(0, n_draws - 1, min(n_thin, n_draws)).round().astype(int)
+            row = {name: int(np.sum(values[keep] < truths[name][r])) for name, values in draws.items()}
+            rhat = [float(np.max(split_gelman_rubin(samples[k]))) for k in ("mu", "sigma")] \
+                if settings.chains > 1 else [np.nan]
+            row.update(max_rhat=max(rhat), divergences=int(np.sum(tree.sample_stats["diverging"].values)))
+            rows.append(row)
     ranks = pd.DataFrame(rows)
     L = min(n_thin, settings.chains * settings.draws)
     tests = pd.DataFrame([{"quantity": name, **rank_uniformity(ranks[name].to_numpy(), L, seed=seed)}
