@@ -21,10 +21,12 @@ if "jax" not in _sys.modules:
     _os.environ["XLA_FLAGS"] = _flags.strip()
 
 from .fit import Fit, fit_law, fit_many  # noqa: E402
+from .design import rank_candidates
 from .inference import ConvergenceWarning, Diagnostics
 from .io import load_fit, save_fit
 from .runs import RunTable, RunTableError, load_runs
 from .spec import ModelSpec, Priors, SamplerSettings
 
 __all__ = ["load_runs", "RunTable", "RunTableError", "fit_law", "fit_many", "Fit", "ModelSpec", "Priors",
-           "SamplerSettings", "Diagnostics", "ConvergenceWarning", "save_fit", "load_fit"]
+           "SamplerSettings", "Diagnostics", "ConvergenceWarning", "save_fit", "load_fit",
+           "rank_candidates"]
