@@ -24,7 +24,6 @@ import pandas as pd
 
 from . import allocation
 from .inference import Diagnostics, diagnose, run_nuts, run_nuts_batched, warn_if_bad
-from .laws import log_scale_to_reach
 from .model import build_model, cell_values, model_data, new_cell_draws, structure_key
 from .runs import RunTable
 from .spec import ModelSpec, Priors, SamplerSettings
@@ -194,16 +193,17 @@ class Fit:
         """Posterior of the scale at which the law reaches ``target_loss``.
 
         Returns a one-row DataFrame: ``prob_unreachable`` (posterior probability that the
-        target is below L_inf), ``median`` and interval columns of the required scale in the
-        scale column's units (``inf`` where the quantile falls among unreachable draws).
-        With ``return_draws=True`` returns the draws instead (``inf`` = unreachable).
+        target is below L_inf; below 0 for the pure power law), ``median`` and interval columns of the
+        required scale in the scale column's units (``inf`` where the quantile falls among unreachable
+        draws). With ``return_draws=True`` returns the draws instead (``inf`` = unreachable).
+        One-variable laws only; the broken law is inverted by bisection (``Law.log_scale_to_reach``).
         Usage: ``fit.required_scale(2.5, group="c4_val")``
         """
-        if self.spec.law != "saturating":
+        law = self.spec.law_def
+        if len(law.covariates) != 1:
             raise ValueError(f"required_scale needs a one-variable law; for the {self.spec.law!r} law use "
                              "fit.required_compute(target_loss) (budget at the compute-optimal allocation)")
-        p = self.param_draws(group)
-        u = log_scale_to_reach(float(target_loss), p["loss_mid"], p["slope"], p["alpha"], self.spec.grid)
+        u = law.log_scale_to_reach(float(target_loss), self._theta_draws(group), self.spec.law_grids)
         draws = np.exp(np.minimum(u + self.spec.log_x_ref, 700.0))
         draws[~np.isfinite(u)] = np.inf
         if return_draws:

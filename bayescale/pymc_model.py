@@ -34,7 +34,7 @@ def _asarray(x):
 
 #: The array namespace ``laws`` and ``model.cell_values`` need, in PyTensor.
 PT = types.SimpleNamespace(asarray=_asarray, exp=pt.exp, expm1=pt.expm1, zeros=pt.zeros,
-                           concatenate=pt.concatenate)
+                           concatenate=pt.concatenate, logaddexp=pt.logaddexp)
 
 
 def build_pymc_model(spec: ModelSpec, data: dict, coords: dict | None = None) -> pm.Model:

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from .laws import SATURATING, Law, get_law
+from .laws import LOG_EXPONENT_PRIOR, SATURATING, Law, get_law, response_scales
 from .runs import RunTable, RunTableError, _positive_floats
 
 __all__ = ["Priors", "ModelSpec", "SamplerSettings", "default_priors", "LAW_PARAMS", "GRID_POINTS",
@@ -29,10 +29,6 @@ GRID_POINTS = 5
 #: Curves with at least this many distinct scales (median over curves) pin down their exponent,
 #: so it is sampled centred too; with fewer it is non-centred (see ``ModelSpec.centered``).
 CENTER_ALPHA_MIN_SCALES = 8
-
-
-#: Default prior of every log exponent: exponents 0.06-1.1 (95%).
-LOG_EXPONENT_PRIOR = (float(np.log(0.25)), 0.75)
 
 
 @dataclass(frozen=True)
@@ -103,18 +99,20 @@ def default_priors(runs: RunTable, log_x_ref: float | None = None, law: str | La
     - group spreads: ``sd(loss)`` for ``loss_mid``, 0.5 for log slopes, 0.35 for log exponents,
     - noise: ``HalfNormal(0.1 * sd(loss))``.
 
-    ``log_x_ref`` is accepted for backward compatibility; the defaults do not depend on it.
+    These are the saturating laws' (``"saturating"``, ``"chinchilla"``); each law states its own in
+    ``Law.default_priors`` (``"power"``: ``PowerLaw``, ``"broken"``: ``BrokenPowerLaw``).
+    ``log_x_ref``: centring of the first covariate (default: the data's mean log); only the broken
+    law's break-location prior depends on it.
     """
     law = get_law(law)
     y = runs.data[runs.response].to_numpy(np.float64)
-    y_range = max(float(np.ptp(y)), 1e-3 * float(np.abs(y).mean()))
-    y_sd = max(float(np.std(y)), 1e-3 * float(np.abs(y).mean()))
-    slopes = {name: (float(np.log(y_range / max(float(np.ptp(x)), 1e-6))), 1.0)
-              for name, x in zip(law.slopes, law_log_covariates(runs, law))}
-    priors = {"loss_mid": (float(np.mean(y)), y_range), **slopes, **dict.fromkeys(law.exponents, LOG_EXPONENT_PRIOR)}
-    group_sd = {"loss_mid": y_sd, **dict.fromkeys(law.slopes, 0.5), **dict.fromkeys(law.exponents, 0.35)}
+    logs = law_log_covariates(runs, law)
+    refs = [float(np.mean(x)) for x in logs]
+    if log_x_ref is not None:
+        refs[0] = float(log_x_ref)
+    priors, group_sd = law.default_priors(y, logs, refs)
     fields = {k: priors.pop(k) for k in _PRIOR_FIELDS if k in priors}
-    return Priors(**fields, group_sd=group_sd, noise_sd=0.1 * y_sd, extra=priors)
+    return Priors(**fields, group_sd=group_sd, noise_sd=0.1 * response_scales(y)["sd"], extra=priors)
 
 
 @dataclass(frozen=True)
@@ -142,7 +140,7 @@ class ModelSpec:
     grid: tuple[float, ...]  # reference grid of centred log-scales (see bayescale.laws)
     priors: Priors
     likelihood: Literal["normal", "student_t"] = "normal"
-    law: Literal["saturating", "chinchilla"] = "saturating"
+    law: Literal["saturating", "chinchilla", "power", "broken"] = "saturating"
     centered: tuple[str, ...] = ("loss_mid", "log_slope")
     covariates: tuple[str, ...] = ()            # empty: (scale,) (the saturating law)
     log_refs: tuple[float, ...] = ()            # empty: (log_x_ref,)
@@ -153,8 +151,10 @@ class ModelSpec:
                   log_x_ref: float | None = None, law: str = "saturating") -> ModelSpec:
         """Spec for a run table. Usage: ``ModelSpec.from_runs(runs, likelihood="student_t")``.
 
-        ``law``: a registered law (``bayescale.laws.LAWS``): ``"saturating"`` (default) or
-        ``"chinchilla"`` (needs the run table's ``params_col`` and ``tokens_col``).
+        ``law``: a registered law (``bayescale.laws.LAWS``): ``"saturating"`` (default),
+        ``"chinchilla"`` (needs the run table's ``params_col`` and ``tokens_col``), ``"power"``
+        (no floor) or ``"broken"`` (smoothly broken power law, one break).
+        Centring: the law's ``pinned`` parameters always; the others too for dense curves.
         ``log_x_ref``: reference log value of the first covariate (default: the data's mean).
         """
         if likelihood not in ("normal", "student_t"):
@@ -173,14 +173,14 @@ class ModelSpec:
         keys = runs.data[list(runs.groups) + list(dict.fromkeys(columns))].drop_duplicates()
         per_curve = keys.groupby(list(runs.groups)).size() if runs.groups else [len(keys)]  # distinct scales
         dense = float(np.median(per_curve)) >= CENTER_ALPHA_MIN_SCALES
-        centered = law_def.params if dense else ("loss_mid", *law_def.slopes)
+        centered = law_def.params if dense else law_def.pinned
         cells = runs.cells()
         return cls(
             scale=runs.scale, response=runs.response, groups=runs.groups,
             levels={g: runs.levels(g) for g in runs.groups},
             cells=tuple(tuple(r) for r in cells[list(runs.groups)].itertuples(index=False)),
             log_x_ref=refs[0], grid=grids[0],
-            priors=priors if priors is not None else default_priors(runs, law=law_def),
+            priors=priors if priors is not None else default_priors(runs, log_x_ref=refs[0], law=law_def),
             likelihood=likelihood, law=law_def.name, centered=tuple(centered),
             covariates=columns, log_refs=tuple(refs), grids=tuple(grids),
         )
