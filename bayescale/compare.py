@@ -72,12 +72,14 @@ def loo(fit: Fit, name: str = "fit"):
     return res
 
 
-def compare_fits(fits: dict[str, Fit]) -> pd.DataFrame:
+def compare_fits(fits: dict[str, Fit], round_to: int | str = "auto") -> pd.DataFrame:
     """Rank fits of the same runs by PSIS-LOO (``arviz.compare``), plus ``n_bad_pareto_k`` per fit.
 
+    Works across laws (e.g. ``{"power": ..., "saturating": ..., "broken": ...}`` of the same runs).
+    ``round_to``: ArviZ's rounding ("auto": elpd to the digits its standard error supports; "none": raw).
     Usage: ``compare_fits({"normal": fit_a, "student_t": fit_b})``
     """
     results = {name: loo(fit, name) for name, fit in fits.items()}
-    table = az.compare(results)
+    table = az.compare(results, round_to=round_to)
     table["n_bad_pareto_k"] = [int(np.sum(np.asarray(results[n].pareto_k) > PARETO_K_MAX)) for n in table.index]
     return table

@@ -82,7 +82,7 @@ def compare_dataset(dataset: str, settings: SamplerSettings) -> tuple[pd.DataFra
                      "k>0.7": int(np.sum(k > PARETO_K_MAX)), **heldout_scores(fit, heldout)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        table = compare_fits(fits)
+        table = compare_fits(fits, round_to="none")
     return pd.DataFrame(rows).set_index("law"), table
 
 
