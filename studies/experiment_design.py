@@ -99,9 +99,10 @@ def main(argv=None) -> pd.DataFrame:
     table = rank_candidates(fit, candidate_table(), TARGET_COMPUTE, TARGET, n_sims=args.n_sims, seed=args.seed)
     print(f"\nranking ({args.n_sims} simulated outcomes per candidate, {time.perf_counter() - t0:.1f} s):")
     show = table.assign(cost=table["cost"].map("{:.2e}".format), compute_flops=table[SCALE].map("{:.2e}".format),
-                        shrinkage_per_EFLOP=1e18 * table["shrinkage_per_cost"])
+                        shrinkage_per_EFLOP=1e18 * table["shrinkage_per_cost"],
+                        per_EFLOP_se=1e18 * table["shrinkage_per_cost_se"])
     cols = ["rank", *GROUPS, SCALE, "expected_width", "shrinkage", "shrinkage_se", "shrinkage_frac",
-            "shrinkage_per_EFLOP", "ess_median"]
+            "shrinkage_per_EFLOP", "per_EFLOP_se", "ess_median"]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(show[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     current = float(table["current_width"].iloc[0])

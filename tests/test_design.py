@@ -1,6 +1,7 @@
 """Experiment design (bayescale.design): preposterior ranking of candidate runs by importance reweighting."""
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,7 @@ def test_run_at_target_beats_far_run_in_other_group(fit):
     assert np.allclose(table["current_width"], band_width(fit, TARGET, "A"))
 
 
+@pytest.mark.filterwarnings("ignore::bayescale.design.ReweightingWarning")  # the run at 1e17 pins curve C
 def test_shrinkage_nonnegative_in_expectation(fit):
     cands = _cands([("A", 1e19), ("A", 1e21), ("B", 1e21), ("C", 1e17), ("new", 1e21)])
     table = rank_candidates(fit, cands, TARGET, "A", n_sims=200)
@@ -56,6 +58,7 @@ def test_ranking_is_by_shrinkage_per_cost(fit):
     table = rank_candidates(fit, cands, TARGET, "A", n_sims=100)
     assert table["shrinkage_per_cost"].is_monotonic_decreasing
     assert np.allclose(table["shrinkage_per_cost"], table["shrinkage"] / table["cost"])
+    assert np.allclose(table["shrinkage_per_cost_se"], table["shrinkage_se"] / table["cost"])
     assert list(table["candidate"]) == [1, 2, 0]  # the same run at twice the cost ranks below
     assert table.loc[table["candidate"] == 0, "shrinkage"].item() == table["shrinkage"].max()
     # cost defaults to the scale column when that is compute
@@ -78,6 +81,23 @@ def test_unseen_group_candidate_informs_its_own_new_curve(fit):
     assert bool(by.loc["new", "new_group"]) and not bool(by.loc["A", "new_group"])
     assert by.loc["new", "shrinkage_frac"] > 0.5  # the run observes the target curve itself
     assert by.loc["A", "shrinkage_frac"] < 0.2    # another curve says little about a new one
+
+
+@pytest.mark.filterwarnings("ignore::bayescale.design.ReweightingWarning")
+def test_run_observed_on_several_curves_is_one_candidate(fit):
+    cands = pd.DataFrame({"family": ["A", "B", "A", "C"], "compute_flops": [1e21, 1e21, 1e21, 1e21],
+                          "run": ["both", "both", "A only", "C only"]})
+    table = rank_candidates(fit, cands, TARGET, "A", run="run", n_sims=200).set_index("candidate")
+    assert table.loc["both", "family"] == "A+B" and table.loc["both", "n_rows"] == 2
+    assert table.loc["both", "compute_flops"] == 1e21 and table.loc["both", "cost"] == 1e21
+    se = np.hypot(table.loc["both", "shrinkage_se"], table.loc["C only", "shrinkage_se"])
+    assert table.loc["both", "shrinkage"] > table.loc["C only", "shrinkage"] + 4 * se  # it observes A
+    se = np.hypot(table.loc["both", "shrinkage_se"], table.loc["A only", "shrinkage_se"])
+    assert table.loc["both", "shrinkage"] > table.loc["A only", "shrinkage"] - 3 * se  # B's row adds, never removes
+    with pytest.raises(ValueError, match=r"run 'both': its rows \[0, 1\] give different costs"):
+        rank_candidates(fit, cands.assign(cost=[1.0, 2.0, 1.0, 1.0]), TARGET, "A", run="run", n_sims=10)
+    with pytest.raises(ValueError, match="lack the run column 'job'"):
+        rank_candidates(fit, cands, TARGET, "A", run="job", n_sims=10)
 
 
 @pytest.mark.parametrize("change, match", [
@@ -105,14 +125,10 @@ def test_bad_arguments(fit):
         rank_candidates(fit, cands, TARGET, "A", mass=1.5)
 
 
-def test_cost_needed_when_scale_is_not_compute():
-    df, _ = simulate_runs(2, SCALES, seed=0, scale_name="params")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        small = fit_law(load_runs(df, scale="params", groups=["family"]),
-                        settings=SamplerSettings(chains=1, warmup=100, draws=100))
+def test_cost_needed_when_scale_is_not_compute(fit):
+    by_params = replace(fit, spec=replace(fit.spec, scale="params", covariates=("params",)))  # same fit, scale column "params"
     with pytest.raises(ValueError, match=r"lack the cost column 'cost' \(FLOPs\)"):
-        rank_candidates(small, pd.DataFrame({"family": ["A"], "params": [1e20]}), TARGET, "A")
+        rank_candidates(by_params, pd.DataFrame({"family": ["A"], "params": [1e20]}), TARGET, "A")
 
 
 @pytest.mark.slow
