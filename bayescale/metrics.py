@@ -8,10 +8,22 @@ Law (per cell, e.g. per task, or per family x task), with ``z`` a centred covari
   the scale where the metric is halfway from chance to ceiling;
 - ``link="loss"``: ``z = -(loss - ref)``: the metric rises as the loss falls (the loss -> metric link).
 
-Sampled per cell: ``z_star`` and ``log_k``, assembled by the same hierarchy as the loss laws
-(``bayescale.model.cell_values``: population mean, zero-sum crossed factor effects when there are
-two or more grouping factors, cell effects; centred or non-centred). ``chance`` comes from a column
-(one value per cell) or a number; ``ceiling`` is fixed (default 1).
+Sampled per cell, in a reference parametrization (the idea of ``bayescale.laws``): ``level``, the logit of
+the fraction of the chance-to-ceiling range the expected metric has reached at a reference point ``z_ref``
+of the covariate (default: the median of the fitted covariate values), and ``log_k``, the log of the
+slope in logit units per unit of ``z``. Then ``logit((m - chance) / (ceiling - chance)) = level + k (z - z_ref)``
+and ``z_star = z_ref - level / k`` (``natural_params``). Sampling ``z_star`` directly leaves a ridge when
+a cell's curve is flat at chance over the data (any ``z_star`` far enough past the data, traded against
+``k``); with ``level`` the data bound one parameter from above and ``k`` is left to its prior, and for
+rising curves ``level`` and ``log_k`` are nearly uncorrelated (level at the data's centre, slope). On
+Gadre et al.'s link fit this halved the leapfrog steps per draw (``studies/metric_parametrization.py``).
+Both are assembled by the same hierarchy as the loss laws (``bayescale.model.cell_values``: population
+mean, zero-sum crossed factor effects when there are two or more grouping factors, cell effects;
+centred when the median cell has >= 8 distinct covariate values, else non-centred). Default priors
+(weakly informative): population mean ``level ~ N(0, 2)`` (a fraction of the range between about 2%
+and 98% at the reference, 2 sd), ``log_k ~ N(log(4 / covariate range), 1)`` (about 4 logit units over
+the data); spreads ``HalfNormal(3)`` (level) and ``HalfNormal(1)`` (log_k) per factor, half that for
+cells. ``chance`` comes from a column (one value per cell) or a number; ``ceiling`` is fixed (default 1).
 
 Observation model: with a count of test examples (``n_examples``) the number of correct answers is
 ``"binomial"`` or ``"beta_binomial"`` (binomial plus extra model-to-model spread, the default: two
@@ -91,7 +103,7 @@ class MetricSpec:
     likelihood: str                 # "binomial", "beta_binomial", "beta"
     n_examples: str | None
     priors: dict                    # name -> (loc, scale) for mu; "group_sd" -> {param: sd}; "log_phi"
-    centered: tuple[str, ...] = ()
+    centered: tuple[str, ...] = ("level", "log_k")
     z_range: tuple[float, float] = (0.0, 0.0)
     z_ref: float = 0.0              # centred covariate where ``level`` is measured
     law_params: tuple[str, ...] = ("level", "log_k")
@@ -159,11 +171,14 @@ def _prepare(df: pd.DataFrame, x, metric, groups, chance, n_examples, link, ceil
     ref = float(np.mean(np.log(xv))) if link == "log" else float(np.mean(xv))
     z = np.log(xv) - ref if link == "log" else -(xv - ref)
     width = max(float(np.ptp(z)), 1e-3)
-    z_ref = float(np.quantile(z, reference)) if isinstance(reference, float) and 0 <= reference <= 1 else 0.0
+    if not 0 <= float(reference) <= 1:
+        raise ValueError(f"reference is a quantile of the fitted covariate values, in [0, 1]; got {reference}")
+    z_ref = float(np.quantile(z, float(reference)))
     priors = {**{k: v for k, v in _PRIORS.items() if k != "log_k"},
               "log_k": (float(np.log(4.0 / width)), _PRIORS["log_k"][1]), "group_sd": dict(_PRIORS["group_sd"])}
     if centered == "auto":
-        centered = ()
+        per_cell = data.groupby(list(groups))[x].nunique() if groups else pd.Series([len(np.unique(xv))])
+        centered = ("level", "log_k") if float(np.median(per_cell)) >= 8 else ()
     spec = MetricSpec(x=x, metric=metric, link=link, ref=ref, groups=tuple(groups), levels=levels, cells=cells,
                       chance=chances, ceiling=float(ceiling), likelihood=likelihood, n_examples=n_examples,
                       priors=priors, centered=tuple(centered), z_range=(float(z.min()), float(z.max())),
@@ -243,7 +258,8 @@ class MetricFit:
         return (self.spec.cells.index(key) if key in self.spec.cells else None), key
 
     def theta_draws(self, group=None, seed: int = 0) -> dict:
-        """Draws of ``z_star`` and ``k`` (and ``chance``) for a cell; unseen levels come from the hierarchy.
+        """Draws of ``z_star`` and ``k`` (from the sampled ``level`` and ``log_k``; also ``level`` and
+        ``chance``) for a cell; unseen levels come from the hierarchy.
 
         Usage: ``mfit.theta_draws(("rpj", "mmlu"))["z_star"]``
         """
@@ -257,6 +273,32 @@ class MetricFit:
             chance = self._chance_of(key, group)
         z_star, k_ = natural_params(level, lk, self.spec.z_ref)
         return {"z_star": z_star, "k": k_, "level": level, "chance": chance}
+
+    def cell_diagnostics(self) -> pd.DataFrame:
+        """Per cell: worst R-hat and bulk / tail ESS of its ``level`` and ``log_k`` (which include the
+        population and factor effects), and whether they meet the thresholds of ``bayescale.inference``;
+        with the cell's data: ``n_x`` (distinct covariate values) and ``max_frac`` (largest observed
+        fraction of the chance-to-ceiling range), which tell a cell with little signal.
+
+        Usage: ``mfit.cell_diagnostics().query("not ok")``
+        """
+        from .inference import ESS_MIN, RHAT_MAX
+
+        tab = self.diagnostics.table
+        rows = []
+        for k, (cell, label) in enumerate(zip(self.spec.cells, self.spec.cell_labels)):
+            part = tab.loc[[f"{p}[{label}]" for p in self.spec.law_params]]
+            mask = np.ones(len(self.data), bool)
+            for g, lv in zip(self.spec.groups, cell):
+                mask &= (self.data[g] == lv).to_numpy()
+            chance = self.spec.chance[k]
+            frac = (self.data.loc[mask, self.spec.metric].to_numpy(float) - chance) / (self.spec.ceiling - chance)
+            rows.append({**dict(zip(self.spec.groups, cell)), "max_rhat": float(part["r_hat"].max()),
+                         "min_ess_bulk": float(part["ess_bulk"].min()), "min_ess_tail": float(part["ess_tail"].min()),
+                         "n_x": int(self.data.loc[mask, self.spec.x].nunique()), "max_frac": float(frac.max())})
+        out = pd.DataFrame(rows)
+        out["ok"] = (out["max_rhat"] <= RHAT_MAX) & (out[["min_ess_bulk", "min_ess_tail"]].min(axis=1) >= ESS_MIN)
+        return out
 
     def _chance_of(self, key: tuple, group) -> float:
         """Chance level of an unseen cell: the one shared by the fitted cells with its known levels
@@ -319,7 +361,7 @@ class MetricFit:
         if not 0 < level < 1:
             raise ValueError(f"level is a fraction of the chance-to-ceiling range, in (0, 1); got {level}")
         t = self.theta_draws(group, seed)
-        return self.spec.from_z(t["z_star"] + special.logit(level) / t["k"])
+        return self.spec.from_z(self.spec.z_ref + (special.logit(level) - t["level"]) / t["k"])
 
     def _range(self, group) -> tuple[float, float]:
         k, key = self._cell(group)
@@ -451,10 +493,13 @@ def fit_metric(df: pd.DataFrame, *, x: str, metric: str = "metric", groups: Sequ
 
     ``x``: covariate column (a scale with ``link="log"``, a loss with ``link="loss"``). ``chance``: column or
     number. ``n_examples``: column of test-set sizes (binomial-type likelihood) or None (Beta).
-    ``centered``: ``"auto"`` centres ``z_star`` and ``log_k`` when the median cell has >= 8 distinct
-    covariate values, else both non-centred; or a tuple of names. ``priors``: overrides of the
-    defaults (``z_star`` ~ N(0, covariate range), ``log_k`` ~ N(log(4 / range), 1), ``log_phi`` ~ N(5, 2),
-    ``group_sd``). Usage: ``fit_metric(df, x="compute_flops", groups=["task"], n_examples="n_examples")``
+    Sampled per cell: ``level`` (logit of the fraction of the range reached at the reference point) and
+    ``log_k``; see the module docstring. ``centered``: ``"auto"`` centres ``level`` and ``log_k`` when the
+    median cell has >= 8 distinct covariate values, else both non-centred; or a tuple of names.
+    ``priors``: overrides of the defaults (``level`` ~ N(0, 2), ``log_k`` ~ N(log(4 / range), 1),
+    ``log_phi`` ~ N(5, 2), ``group_sd`` {"level": 3, "log_k": 1}). ``reference``: quantile of the fitted
+    covariate values (in ``z``: log scale, or minus the loss) where ``level`` is measured.
+    Usage: ``fit_metric(df, x="compute_flops", groups=["task"], n_examples="n_examples")``
     """
     spec, data = _prepare(df, x, metric, tuple(groups), chance, n_examples, link, ceiling, likelihood, centered,
                           reference)

@@ -11,7 +11,9 @@ Chained forecast (bayescale), per train dataset: loss law ``L = E + A/N^alpha + 
 paired posterior draws. Baseline in the same run: two-step point fit (scipy ``curve_fit`` of the same loss
 law per train dataset, then of the sigmoid link per dataset x task; delta-method band of the link plus
 its residual spread). Prints median absolute error (accuracy points) and 90% band coverage per task
-category, the diagnostics, and the emergence verdicts (thresholds in loss units) per task.
+category, the diagnostics (overall, and per task of each link fit: the tasks whose ``level``/``log_k``
+miss R-hat <= 1.01 or ESS >= 400 are named, with their data), and the emergence verdicts (thresholds in
+loss units) per task.
 
 Usage: ``python studies/gadre_downstream.py [--out reports/gadre_downstream.html] [--seed 0] [--quick]``
 """
@@ -53,6 +55,16 @@ def point_loss_law(train: pd.DataFrame) -> dict:
     return out
 
 
+def _diag_line(cd: pd.DataFrame) -> str:
+    """One line: how many cells meet R-hat <= 1.01 and ESS >= 400, and which do not (with their data)."""
+    bad = cd[~cd["ok"]].sort_values("max_rhat", ascending=False)
+    head = f"{len(cd) - len(bad)} of {len(cd)} meet R-hat <= 1.01 and bulk/tail ESS >= 400"
+    return head + "".join(
+        f"\n    not: {r.task}: R-hat {r.max_rhat:.3f}, ESS {min(r.min_ess_bulk, r.min_ess_tail):.0f} "
+        f"({r.n_x} distinct losses; best model {r.max_frac:.0%} of the chance-to-ceiling range)"
+        for r in bad.itertuples())
+
+
 def main(argv=None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "reports" / "gadre_downstream.html"))
@@ -74,7 +86,7 @@ def main(argv=None) -> pd.DataFrame:
     pos = {idx: i for i, idx in enumerate(held.index)}
     cols = {k: np.full(len(held), np.nan) for k in ("bs_median", "bs_lower", "bs_upper", "cf_median", "cf_lower",
                                                    "cf_upper")}
-    links, loss_fits, diag_rows = {}, {}, []
+    links, loss_fits, diag_rows, cell_diag = {}, {}, [], []
     for ds in args.datasets:
         loss_runs = load_runs(LOSS, scale="compute_flops",
                               query=f"eval_set == 'c4_val' and params < {HOLDOUT_PARAMS} and train_dataset == '{ds}'")
@@ -90,6 +102,9 @@ def main(argv=None) -> pd.DataFrame:
             diag_rows.append({"dataset": ds, "fit": name, "seconds": secs, "max_rhat": d.max_rhat,
                               "min_ess_bulk": d.min_ess_bulk, "divergences": d.n_divergent})
             print(f"[{ds}] {name} fit: {secs:.1f} s; {d}")
+        cd = link.cell_diagnostics()
+        cell_diag.append(cd.assign(train_dataset=ds))
+        print(f"[{ds}] link per task: {_diag_line(cd)}")
         # chained forecasts of the held-back models (bayescale) and the two-step point fit (baseline)
         popt = point_loss_law(loss_runs.data)[ds]
         train_groups = dict(iter(train[train["train_dataset"] == ds].groupby("task")))
@@ -131,10 +146,13 @@ def main(argv=None) -> pd.DataFrame:
              "Thresholds are losses (C4 validation): the metric rises as the loss falls; 'lower_bound' of a task "
              "that has not emerged is the smallest fitted loss."]
     diag = pd.DataFrame(diag_rows)
+    cell_diag = pd.concat(cell_diag, ignore_index=True).sort_values("max_rhat", ascending=False)
     print(diag.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     ds0 = args.datasets[0]
     path = write_metric_report(links[ds0], args.out, title="bayescale: Gadre et al. downstream accuracy via loss",
                                tables={"Diagnostics per fit": diag,
+                                       "Link diagnostics per task (level, log_k; max_frac: best model's "
+                                       "fraction of the chance-to-ceiling range)": cell_diag,
                                        "Held-back 1.4B / 6.9B: chained vs two-step": table,
                                        "Emergence verdicts (counts)": verdicts, "Thresholds": thr},
                                extra_fits={f"loss law (C4 val, {ds0})": loss_fits[ds0]}, notes=notes)

@@ -11,7 +11,8 @@ effects; Beta likelihood, as the test-set sizes are not in the data); forecasts 
 families not in the fitted set come from the hierarchy. Baseline in the same run: per-task scipy
 ``curve_fit`` of the same sigmoid in log compute (no family effects), delta-method band plus residual
 spread. Prints median absolute error (score points) and 90% band coverage per task group and per task,
-the diagnostics, and per-task emergence thresholds (FLOPs) with verdicts.
+the diagnostics (overall, per task, and the family x task cells that miss R-hat <= 1.01 or ESS >= 400,
+with their data), and per-task emergence thresholds (FLOPs) with verdicts.
 
 Usage: ``python studies/obsscaling_emergence.py [--out reports/obsscaling_emergence.html] [--seed 0] [--quick]``
 """
@@ -62,6 +63,18 @@ def main(argv=None) -> pd.DataFrame:
     t0 = time.perf_counter()
     mfit = fit_metric(train, x="compute_flops", groups=["family", "task"], chance="chance_level", settings=settings)
     print(f"fit: {time.perf_counter() - t0:.1f} s\n  diagnostics: {mfit.diagnostics}")
+    cells = mfit.cell_diagnostics()
+    per_task = cells.groupby("task").agg(max_rhat=("max_rhat", "max"), min_ess_bulk=("min_ess_bulk", "min"),
+                                         min_ess_tail=("min_ess_tail", "min"), cells=("ok", "size"),
+                                         cells_not_ok=("ok", lambda s: int((~s).sum()))).reset_index()
+    bad = cells[~cells["ok"]].sort_values("max_rhat", ascending=False)
+    print(f"per task (family x task cells' level, log_k): {len(cells) - len(bad)} of {len(cells)} cells meet "
+          f"R-hat <= 1.01 and bulk/tail ESS >= 400\n"
+          + per_task.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+          + "".join(f"\n    not: {r.family}|{r.task}: R-hat {r.max_rhat:.3f}, ESS "
+                    f"{min(r.min_ess_bulk, r.min_ess_tail):.0f} ({r.n_x} distinct computes; best model "
+                    f"{r.max_frac:.0%} of the chance-to-ceiling range)" for r in bad.head(30).itertuples())
+          + (f"\n    ... and {len(bad) - 30} more (report table)" if len(bad) > 30 else ""))
 
     out = {k: np.full(len(held), np.nan) for k in ("bs_median", "bs_lower", "bs_upper", "cf_median", "cf_lower",
                                                    "cf_upper")}
@@ -111,6 +124,8 @@ def main(argv=None) -> pd.DataFrame:
     title = "bayescale: emergence of benchmark and BIG-bench tasks (ObsScaling)"
     path = write_metric_report(mfit, args.out, title=title,
                                tables={"Held-out models (C > 8.4e22): bayescale vs curve_fit": table,
+                                       "Diagnostics per task (family x task cells' level, log_k)": per_task,
+                                       "Cells missing R-hat <= 1.01 or ESS >= 400": bad,
                                        "Per-task thresholds (new family of the task)": thr},
                                groups=panels, extend_to=3e25,
                                notes=[f"Fitted on C <= {CUTOFF:.2g} FLOPs; panels: each task's best-covered family.",
