@@ -12,9 +12,10 @@ Preposterior analysis by importance reweighting, no refits. For a candidate run 
 
 Error bars: the Monte Carlo error over the S outcomes, ``sd_s(W_s) / sqrt(S)``, combined with the
 error of the finite posterior sample, estimated by repeating steps 3-4 on batches of the draws
-(halves of chains; batch means). ``shrinkage_se`` is the error of the shrinkage (the current
-width's error partly cancels in it; use it to compare candidates); ``expected_width_se`` that of
-``E[W]`` (use it to compare with the width of refits, which do not share the draws).
+(halves of chains; batch means). ``shrinkage_se`` is the error of the shrinkage itself (it
+includes the current width's error); ``expected_width_se`` that of ``E[W]``, which is what counts
+when candidates are compared with each other, or with refits of the same fit (realised shrinkage =
+the same current width - refit width): the current width cancels there.
 
 ``band="credible"`` (default) is the band of the law (expected loss) at the target: the part
 of the forecast uncertainty that more runs can remove. ``band="predictive"`` is the band of a
