@@ -287,7 +287,10 @@ class MetricFit:
         tab = self.diagnostics.table
         rows = []
         for k, (cell, label) in enumerate(zip(self.spec.cells, self.spec.cell_labels)):
-            part = tab.loc[[f"{p}[{label}]" for p in self.spec.law_params]]
+            names = [f"{p}[{label}]" for p in self.spec.law_params]
+            if not self.spec.groups:  # one curve: its quantities, however ArviZ labels the one cell
+                names = [i for i in tab.index if str(i).split("[")[0] in self.spec.law_params]
+            part = tab.loc[names]
             mask = np.ones(len(self.data), bool)
             for g, lv in zip(self.spec.groups, cell):
                 mask &= (self.data[g] == lv).to_numpy()

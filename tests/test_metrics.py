@@ -3,7 +3,8 @@
 - threshold posteriors (halfway and clearly-above-chance levels) cover the truth at the nominal
   90% rate: exact two-sided binomial test at the 1% level over 2 x 12 intervals of one fit;
 - a task that stays at chance in the data is reported "not emerged in range" with a lower bound;
-- the chained loss -> metric band is at least as wide as either stage's band alone.
+- the chained loss -> metric band is at least as wide as either stage's band alone;
+- the sampled ``level`` is the logit of the fraction of the range reached at the reference point.
 """
 
 import numpy as np
@@ -90,6 +91,17 @@ def test_forecast_and_plot(task_fit):
     assert len(fig.axes) == 2
 
 
+def test_reference_parametrization_and_cell_diagnostics(task_fit):
+    mfit, _ = task_fit
+    # level is the logit of the fraction of the range reached at z_ref; z_star, k follow from it
+    t = mfit.theta_draws("task03")
+    at_ref = sigmoid_metric(mfit.spec.z_ref, t["chance"], 1.0, t["z_star"], t["k"])
+    np.testing.assert_allclose(logit((at_ref - t["chance"]) / (1.0 - t["chance"])), t["level"], atol=1e-8)
+    cells = mfit.cell_diagnostics().set_index("task")
+    assert len(cells) == N_TASKS + 1 and set(cells.columns) >= {"max_rhat", "min_ess_bulk", "ok", "n_x", "max_frac"}
+    assert cells.loc["flat", "max_frac"] < 0.05 and cells.loc["flat", "n_x"] == len(LOG_X)
+
+
 def test_chained_band_wider_than_each_stage():
     rng = np.random.default_rng(3)
     compute = np.geomspace(1e18, 1e21, 6)
@@ -118,3 +130,4 @@ def test_chained_band_wider_than_each_stage():
     assert np.all(fc["pred_upper_90"] - fc["pred_lower_90"] >= fc["upper_90"] - fc["lower_90"] - 1e-9)
     with pytest.raises(ValueError, match="fraction"):
         link.threshold_draws(1.5)
+    assert len(link.cell_diagnostics()) == 1
