@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import allocation
-from .inference import Diagnostics, diagnose, run_nuts, run_nuts_batched, warn_if_bad
+from .inference import Diagnostics, diagnose, run_nuts, run_nuts_batched, run_svi, warn_if_bad
 from .model import build_model, cell_values, model_data, new_cell_draws, structure_key
 from .runs import RunTable
 from .spec import ModelSpec, Priors, SamplerSettings
@@ -334,12 +334,12 @@ def _coords_dims(spec: ModelSpec) -> tuple[dict, dict]:
 
 
 def _finish(runs: RunTable, spec: ModelSpec, settings: SamplerSettings, tree, data: dict, timings: dict,
-            warn: bool = True) -> Fit:
+            warn: bool = True, pareto_k: float | None = None) -> Fit:
     """Posterior quantities, posterior predictive and diagnostics of a sampled tree -> ``Fit``."""
     tree = _add_cell_quantities(tree, spec)
     if settings.posterior_predictive:
         tree = _add_posterior_predictive(tree, spec, data, settings.seed)
-    diagnostics = diagnose(tree, settings)
+    diagnostics = diagnose(tree, settings, pareto_k)
     if warn:
         warn_if_bad(diagnostics)
     return Fit(runs=runs, spec=spec, settings=settings, tree=tree, diagnostics=diagnostics, timings=timings)
@@ -360,12 +360,15 @@ def fit_law(runs: RunTable, *, likelihood: str = "normal", priors: Priors | None
     settings = settings or SamplerSettings()
     coords, dims = _coords_dims(spec)
     data = model_data(runs, spec)
+    pareto_k = None
     if settings.engine == "numpyro":
         tree, timings = run_nuts(build_model(spec), data, settings, coords, dims, cache_key=structure_key(spec))
+    elif settings.engine == "svi":  # approximate: full-rank Gaussian, checked by its PSIS Pareto k
+        tree, timings, pareto_k = run_svi(build_model(spec), data, settings, coords, dims)
     else:  # the same spec as a pymc.Model, sampled by PyMC's NUTS or nutpie
         from .pymc_model import run_pymc
         tree, timings = run_pymc(spec, data, settings, coords, dims)
-    return _finish(runs, spec, settings, tree, data, timings)
+    return _finish(runs, spec, settings, tree, data, timings, pareto_k=pareto_k)
 
 
 def fit_many(tables: Sequence[RunTable], *, likelihood: str = "normal", settings: SamplerSettings | None = None,

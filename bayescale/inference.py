@@ -26,10 +26,12 @@ from numpyro.infer.util import initialize_model
 
 from .spec import SamplerSettings
 
-__all__ = ["Diagnostics", "run_nuts", "run_nuts_batched", "ConvergenceWarning", "RHAT_MAX", "ESS_MIN", "diagnose", "warn_if_bad"]
+__all__ = ["Diagnostics", "run_nuts", "run_nuts_batched", "run_svi", "PARETO_K_MAX", "ConvergenceWarning", "RHAT_MAX", "ESS_MIN", "diagnose", "warn_if_bad"]
 
 RHAT_MAX = 1.01
 ESS_MIN = 400
+#: Largest PSIS Pareto k of an approximate (SVI) posterior that we call reliable (Yao et al. 2018).
+PARETO_K_MAX = 0.7
 
 
 class ConvergenceWarning(UserWarning):
@@ -48,6 +50,7 @@ class Diagnostics:
     n_max_treedepth: int
     n_draws: int
     max_tree_depth: int
+    pareto_k: float | None = None  # approximate fits (engine="svi"): PSIS k of the approximation; None for NUTS
 
     @property
     def max_rhat(self) -> float:
@@ -64,6 +67,12 @@ class Diagnostics:
     def problems(self) -> list[str]:
         """Plain-words description of each problem, with a suggested action. Usage: ``diag.problems()``."""
         out = []
+        if self.pareto_k is not None:
+            if not self.pareto_k <= PARETO_K_MAX:
+                out.append(f"The SVI approximation is unreliable (PSIS Pareto k = {self.pareto_k:.2f} > {PARETO_K_MAX}): "
+                           "its bands may be too narrow or shifted. Refit with NUTS (the default engine) before "
+                           "relying on them.")
+            return out
         if not np.isfinite(self.max_rhat) or self.max_rhat > RHAT_MAX:
             worst = self.table["r_hat"].fillna(np.inf).idxmax()
             out.append(f"R-hat is {self.max_rhat:.3f} for {worst} (> {RHAT_MAX}): the chains disagree, so the "
@@ -88,14 +97,27 @@ class Diagnostics:
         return not self.problems()
 
     def __str__(self) -> str:
+        if self.pareto_k is not None:
+            return (f"approximate posterior (SVI, full-rank Gaussian): PSIS Pareto k {self.pareto_k:.2f} "
+                    f"(reliable <= {PARETO_K_MAX}); R-hat and ESS do not apply"
+                    + "".join("\n  WARNING: " + p for p in self.problems()))
         head = (f"max R-hat {self.max_rhat:.3f}, min bulk ESS {self.min_ess_bulk:.0f}, "
                 f"min tail ESS {self.min_ess_tail:.0f}, divergences {self.n_divergent}, "
                 f"max tree depth hits {self.n_max_treedepth}")
         return head + "".join("\n  WARNING: " + p for p in self.problems())
 
 
-def diagnose(tree, settings: SamplerSettings) -> Diagnostics:
-    """Diagnostics from ArviZ's summary and the sampler's per-draw stats. Usage: ``diagnose(tree, settings)``."""
+def diagnose(tree, settings: SamplerSettings, pareto_k: float | None = None) -> Diagnostics:
+    """Diagnostics from ArviZ's summary and the sampler's per-draw stats. Usage: ``diagnose(tree, settings)``.
+
+    ``pareto_k``: an approximate (SVI) fit's PSIS k; its draws are independent, so there is no
+    sampler to diagnose and the k decides (``Diagnostics.problems``).
+    """
+    if pareto_k is not None:
+        n = int(tree.posterior.sizes["chain"] * tree.posterior.sizes["draw"])
+        return Diagnostics(table=pd.DataFrame(columns=["ess_bulk", "ess_tail", "r_hat"], dtype=float), n_divergent=0,
+                           n_max_treedepth=0, n_draws=n, max_tree_depth=settings.max_tree_depth,
+                           pareto_k=float(pareto_k))
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         table = az.summary(tree, kind="diagnostics", round_to="none")
@@ -279,6 +301,51 @@ def run_nuts_batched(model, datas: list[dict], settings: SamplerSettings, coords
     trees = [_tree({k: fit_i(v, i) for k, v in samples.items()}, fit_i(diverging, i), fit_i(n_steps, i),
                    datas[i].get("y"), coords[i], dims) for i in range(len(datas))]
     return trees, timings
+
+
+def run_svi(model, data: dict, settings: SamplerSettings, coords: dict, dims: dict):
+    """Approximate posterior for very large tables: NumPyro SVI with a full-rank Gaussian guide.
+
+    ``settings.svi_steps`` Adam steps (learning rate 0.005) from the ``init_to_median`` point, then
+    ``chains * draws`` independent draws from the guide. Its quality is measured, not assumed: the
+    PSIS Pareto k of the importance ratios p(z, y) / q(z) over those draws (Yao et al. 2018; reliable
+    when <= 0.7). Returns (DataTree, timings, pareto_k); the tree has one "chain" of independent draws.
+    Usage: ``tree, timings, k = run_svi(model, data, SamplerSettings(engine="svi"), coords, dims)``
+    """
+    from arviz_stats.base import array_stats
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoMultivariateNormal
+
+    numpyro.enable_x64(settings.precision == "float64")
+    _use_compile_cache()
+    kwargs = {k: v for k, v in data.items() if v is not None}
+    key_fit, key_draw, key_init = jax.random.split(jax.random.PRNGKey(settings.seed), 3)
+    guide = AutoMultivariateNormal(model, init_loc_fn=init_to_median(num_samples=15))
+    n = settings.chains * settings.draws
+    with _compile_clock() as compile_s:
+        t0 = time.perf_counter()
+        res = SVI(model, guide, numpyro.optim.Adam(0.005), Trace_ELBO()).run(
+            key_fit, settings.svi_steps, progress_bar=settings.progress_bar, **kwargs)
+        q = guide.get_posterior(res.params)
+        info = initialize_model(key_init, model, dynamic_args=True, model_kwargs=kwargs)
+
+        @jax.jit
+        def draw(key, params_kwargs):
+            flat = q.sample(key, (n,))
+            z = jax.vmap(guide._unpack_latent)(flat)
+            log_w = -jax.vmap(info.potential_fn(**params_kwargs))(z) - q.log_prob(flat)
+            return jax.vmap(info.postprocess_fn(**params_kwargs))(z), log_w
+
+        samples, log_w = jax.device_get(draw(key_draw, kwargs))
+        timings = {"sampling": time.perf_counter() - t0, "svi_final_loss": float(res.losses[-1])}
+    timings["compile"] = compile_s[0]
+    _, k = array_stats.psislw(np.asarray(log_w, dtype=np.float64))
+    samples = {name: np.asarray(v)[None] for name, v in samples.items()}
+    groups = {"posterior": samples}
+    if data.get("y") is not None:
+        groups["observed_data"] = {"obs": np.asarray(data["y"])}
+    tree = az.from_dict(groups, coords=coords, dims={**dims, "obs": ["run"]})
+    return tree, timings, float(k)
 
 
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",

@@ -173,8 +173,8 @@ def build_model(spec: ModelSpec):
     law = spec.law_def
 
     def model(cell, cell_levels, priors, grids, y=None, **covariates):
-        theta = sample_hierarchy(spec, priors["loc"], priors["scale"], priors["group_sd"], cell_levels)[..., cell]
-        mean = law.mean(dict(zip(law.params, theta)), covariates, grids, xp=jnp)
+        theta = sample_hierarchy(spec, priors["loc"], priors["scale"], priors["group_sd"], cell_levels)
+        mean = law.mean_by_cell(dict(zip(law.params, theta)), covariates, grids, cell, xp=jnp)
         sigma = numpyro.sample("sigma", dist.HalfNormal(priors["noise_sd"]))
         if spec.likelihood == "student_t":
             nu = numpyro.sample("nu", dist.Gamma(priors["nu_shape"], priors["nu_rate"]))

@@ -64,9 +64,10 @@ def build_pymc_model(spec: ModelSpec, data: dict, coords: dict | None = None) ->
                                                shape=(len(centered), n_cells))
             if len(noncentered):
                 draws["z_cell"] = pm.Normal("z_cell", 0.0, 1.0, shape=(len(noncentered), n_cells))
-        theta = cell_values(draws, spec, cell_levels, PT)[:, data["cell"]]
+        theta = cell_values(draws, spec, cell_levels, PT)
         covariates = {name: data[name] for name in law.covariates}
-        mean = law.mean({p: theta[i] for i, p in enumerate(params)}, covariates, spec.law_grids, xp=PT)
+        mean = law.mean_by_cell({p: theta[i] for i, p in enumerate(params)}, covariates, spec.law_grids,
+                                data["cell"], xp=PT)
         sigma = pm.HalfNormal("sigma", pri.noise_sd)
         if spec.likelihood == "student_t":
             nu = pm.Gamma("nu", alpha=pri.nu_shape, beta=pri.nu_rate)

@@ -254,6 +254,7 @@ class SamplerSettings:
     seed: int = 0
     chain_method: Literal["auto", "vectorized", "parallel", "sequential"] = "auto"
     precision: Literal["float64", "float32"] = "float64"  # float32: faster on GPUs, less exact
-    engine: Literal["numpyro", "pymc", "nutpie"] = "numpyro"  # pymc/nutpie: bayescale.pymc_model
+    engine: Literal["numpyro", "pymc", "nutpie", "svi"] = "numpyro"  # pymc/nutpie: bayescale.pymc_model
+    svi_steps: int = 20000  # engine="svi" (approximate, for very large tables): optimisation steps
     posterior_predictive: bool = True
     progress_bar: bool = False

@@ -74,3 +74,19 @@ def test_one_point_grid_means_value_and_partial_slopes_at_the_reference():
     assert get_law("chinchilla") is CHINCHILLA
     with pytest.raises(ValueError, match="unknown law"):
         get_law("kaplan")
+
+
+@pytest.mark.parametrize("name", ["saturating", "chinchilla", "power", "broken"])
+def test_mean_by_cell_equals_mean_of_gathered_parameters(name):
+    """The model's per-cell evaluation (``Law.mean_by_cell``) is the law's ``mean``, row by row."""
+    from bayescale.laws import get_law
+
+    law, rng = get_law(name), np.random.default_rng(0)
+    n_cells, n_rows = 3, 40
+    theta = {p: rng.normal(-1.0 if p != "loss_mid" else 3.0, 0.3, size=(2, n_cells)) for p in law.params}
+    cell = rng.integers(0, n_cells, n_rows)
+    covariates = {c: rng.uniform(-3, 3, n_rows) for c in law.covariates}
+    grids = [np.zeros(1) if law.one_point_grid else np.linspace(-3, 3, 5) for _ in law.covariates]
+    by_cell = law.mean_by_cell(theta, covariates, grids, cell)
+    by_row = law.mean({p: v[..., cell] for p, v in theta.items()}, covariates, grids)
+    assert by_cell.shape == (2, n_rows) and np.allclose(by_cell, by_row, rtol=1e-12, atol=1e-12)

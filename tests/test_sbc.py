@@ -1,4 +1,4 @@
-"""Simulation-based calibration (bayescale.sbc): a fast smoke run by default, full runs behind -m slow."""
+"""Simulation-based calibration (bayescale.sbc): a fast smoke run by default, full runs (every law) behind -m sbc."""
 
 import numpy as np
 import pytest
@@ -38,6 +38,21 @@ def test_sbc_saturating_uniform_ranks():
 def test_sbc_chinchilla_uniform_ranks():
     template = load_runs(simulate_isoflop_runs([1e18, 1e19, 1e20], n_per_budget=5, seed=0), scale="compute_flops")
     res = sbc(template, law="chinchilla", n_reps=60, seed=2)
+    print(res.tests.to_string())
+    assert_uniform(res.tests)
+
+
+@pytest.mark.sbc
+def test_sbc_power_uniform_ranks():
+    res = sbc(_template(3), law="power", n_reps=100, seed=3)
+    print(res.tests.to_string())
+    assert_uniform(res.tests)
+
+
+@pytest.mark.sbc
+def test_sbc_broken_uniform_ranks():
+    df, _ = simulate_runs(1, np.geomspace(1e18, 1e22, 12), seed=0)
+    res = sbc(load_runs(df, scale="compute_flops"), law="broken", n_reps=100, seed=4)
     print(res.tests.to_string())
     assert_uniform(res.tests)
 

@@ -1,0 +1,66 @@
+"""The inference engine: compiled-sampler reuse, batched fits (fit_many), the approximate SVI path."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from bayescale import ConvergenceWarning, SamplerSettings, fit_law, fit_many, load_fit, load_runs, save_fit
+from bayescale import inference
+from bayescale.simulate import simulate_runs
+
+SMALL = SamplerSettings(chains=2, warmup=300, draws=300)
+
+
+def _table(seed: int, lo: float = 1e18, hi: float = 1e21, n_groups: int = 2):
+    df, _ = simulate_runs(n_groups, np.geomspace(lo, hi, 6), noise_sd=0.02, seed=seed)
+    return load_runs(df, scale="compute_flops", groups=["family"])
+
+
+def test_refit_same_shape_compiles_nothing_and_uses_the_new_numbers():
+    """A refit reuses the compiled sampler; its draws equal a freshly compiled fit's, so no number
+    of the first table (priors, grids, covariates) is baked into the compiled program."""
+    fit_law(_table(0), settings=SMALL)
+    other = _table(1, lo=1e19, hi=1e23)  # other values, other scale range -> other priors and grids
+    reused = fit_law(other, settings=SMALL)
+    assert reused.timings["compile"] < 0.1, reused.timings
+    inference._PROGRAMS.clear()
+    fresh = fit_law(other, settings=SMALL)
+    for name in ("mu", "sigma", "cell_centered"):
+        assert np.array_equal(reused.tree.posterior[name].values, fresh.tree.posterior[name].values), name
+
+
+def test_fit_many_matches_separate_fits():
+    tables = [_table(s, n_groups=1) for s in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        batched = fit_many(tables, settings=SamplerSettings(chains=4, warmup=500, draws=500))
+        single = [fit_law(t, settings=SamplerSettings(chains=4, warmup=500, draws=500)) for t in tables]
+    for b, s in zip(batched, single):
+        assert b.diagnostics.ok and s.diagnostics.ok, (b.diagnostics, s.diagnostics)
+        for name in ("loss_floor", "alpha"):
+            xb, xs = (f.tree.posterior[name].values.ravel() for f in (b, s))
+            # both have bulk ESS >= 400, so each mean's Monte Carlo error is <= sd / 20
+            assert abs(xb.mean() - xs.mean()) < 4 * np.sqrt(2) * xs.std() / 20, name
+    assert batched[0].timings["batch"] == 3
+
+
+def test_fit_many_needs_one_shape():
+    with pytest.raises(ValueError, match="one structure"):
+        fit_many([_table(0, n_groups=1), _table(1, n_groups=2)], settings=SMALL)
+
+
+def test_svi_is_checked_by_pareto_k(tmp_path):
+    runs = _table(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = fit_law(runs, settings=SamplerSettings(engine="svi", svi_steps=2000, draws=500))
+    k = fit.diagnostics.pareto_k
+    assert np.isfinite(k) and "approximate posterior" in str(fit.diagnostics)
+    warned = any(issubclass(w.category, ConvergenceWarning) and "Pareto k" in str(w.message) for w in caught)
+    assert warned == (k > inference.PARETO_K_MAX) and fit.diagnostics.ok == (k <= inference.PARETO_K_MAX)
+    table = fit.forecast([1e22], group=runs.levels("family")[0])
+    assert (table["pred_lower_90"] < table["median"]).all() and (table["median"] < table["pred_upper_90"]).all()
+    save_fit(fit, tmp_path / "svi.nc")
+    again = load_fit(tmp_path / "svi.nc")
+    assert again.diagnostics.pareto_k == k
