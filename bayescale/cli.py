@@ -42,6 +42,8 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from .spec import SamplerSettings
+
 __all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_BAD_INPUT", "EXIT_NOT_CONVERGED"]
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_NOT_CONVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -51,9 +53,10 @@ NEW = "(new)"  # same label as bayescale.fit.POPULATION
 _FIT_KEYS = {"runs": str, "out": str, "scale": str, "response": str, "groups": (list, str), "query": str,
              "likelihood": str, "seed": int, "chains": int, "warmup": int, "draws": int,
              "target_accept": (float, int), "max_tree_depth": int, "progress": bool}
+_SAMPLER = SamplerSettings()  # the sampler's defaults live in one place
 _FIT_DEFAULTS = {"out": "fit.nc", "response": "loss", "groups": [], "query": None, "likelihood": "normal",
-                 "seed": 0, "chains": 4, "warmup": 1000, "draws": 1000, "target_accept": 0.95,
-                 "max_tree_depth": 10, "progress": False}
+                 **{k: getattr(_SAMPLER, k) for k in ("seed", "chains", "warmup", "draws", "target_accept",
+                                                       "max_tree_depth")}, "progress": False}
 
 
 class CLIError(Exception):
@@ -322,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chains", type=int, help="default 4")
     p.add_argument("--warmup", type=int, help="default 1000")
     p.add_argument("--draws", type=int, help="default 1000")
-    p.add_argument("--target-accept", type=float, dest="target_accept", help="default 0.95")
+    p.add_argument("--target-accept", type=float, dest="target_accept", help=f"default {_SAMPLER.target_accept}")
     p.add_argument("--max-tree-depth", type=int, dest="max_tree_depth", help="default 10")
     p.add_argument("--progress", action="store_true", default=None, help="show the sampler's progress bar")
     p.set_defaults(func=_cmd_fit)
