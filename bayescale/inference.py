@@ -172,15 +172,12 @@ def _one_chain(model, settings: SamplerSettings, tick):
                             dense_mass=dense, trajectory_length=None, max_tree_depth=settings.max_tree_depth,
                             model_kwargs=kwargs, rng_key=key_run)
 
-        def warm(i, s):
-            return tick(i, sample_kernel(s, model_kwargs=kwargs))
-
-        def draw(s, i):
-            s = tick(settings.warmup + i, sample_kernel(s, model_kwargs=kwargs))
+        def step(s, i):  # one loop over warmup and draws: the NUTS kernel is traced (and compiled) once
+            s = tick(i, sample_kernel(s, model_kwargs=kwargs))
             return s, (s.z, s.diverging, s.num_steps)
 
-        state = jax.lax.fori_loop(0, settings.warmup, warm, state)
-        _, (z, diverging, n_steps) = jax.lax.scan(draw, state, jax.numpy.arange(settings.draws))
+        _, out = jax.lax.scan(step, state, jax.numpy.arange(settings.warmup + settings.draws))
+        z, diverging, n_steps = jax.tree.map(lambda x: x[settings.warmup:], out)
         return jax.vmap(info.postprocess_fn(**kwargs))(z), diverging, n_steps
 
     return run
