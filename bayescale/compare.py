@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .fit import Fit
+from .fit import Fit, fitted_means
 from .model import model_data
 
 __all__ = ["log_likelihood", "loo", "compare_fits", "LOOWarning", "PARETO_K_MAX"]
@@ -36,9 +36,7 @@ def log_likelihood(fit: Fit) -> np.ndarray:
     """Pointwise log-likelihood of the fitted runs, shape (chain, draw, run). Usage: ``log_likelihood(fit)``."""
     spec, post = fit.spec, fit.tree.posterior
     data = model_data(fit.runs, spec)
-    law = spec.law_def
-    theta = {name: np.asarray(post[name].values)[..., data["cell"]] for name in law.params}
-    mean = law.mean(theta, {c: data[c] for c in law.covariates}, spec.law_grids)
+    mean = fitted_means(post, spec, data)
     sigma = np.asarray(post["sigma"].values)[..., None]
     if spec.likelihood == "student_t":
         return stats.t.logpdf(data["y"], np.asarray(post["nu"].values)[..., None], mean, sigma)

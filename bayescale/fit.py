@@ -292,11 +292,21 @@ def new_run_noise(sigma, nu, shape, rng) -> np.ndarray:
     return sigma * rng.standard_normal(shape)
 
 
+def fitted_means(post, spec: ModelSpec, data: dict) -> np.ndarray:
+    """The law at every fitted run for every posterior draw, shape (chain, draw, run).
+
+    ``post``: a posterior with the per-cell law parameters (``_add_cell_quantities``); ``data``:
+    ``model_data(runs, spec)``. Usage: ``fitted_means(fit.tree.posterior, fit.spec, model_data(fit.runs, fit.spec))``
+    """
+    law = spec.law_def
+    theta = {name: np.asarray(post[name].values) for name in law.params}  # (chain, draw, cell)
+    return law.mean_by_cell(theta, {c: data[c] for c in law.covariates}, spec.law_grids, data["cell"])
+
+
 def _add_posterior_predictive(tree, spec: ModelSpec, data: dict, seed: int):
     """Replicated losses of the fitted runs, one per posterior draw (NumPy; no extra JIT)."""
-    post, law = tree.posterior, spec.law_def
-    theta = {name: post[name].values[..., data["cell"]] for name in law.params}  # (chain, draw, run)
-    mean = law.mean(theta, {c: data[c] for c in law.covariates}, spec.law_grids)
+    post = tree.posterior
+    mean = fitted_means(post, spec, data)
     nu = post["nu"].values[..., None] if spec.likelihood == "student_t" else None
     obs = mean + new_run_noise(post["sigma"].values[..., None], nu, mean.shape, np.random.default_rng(seed))
     tree["posterior_predictive"] = az.from_dict({"posterior_predictive": {"obs": obs}},

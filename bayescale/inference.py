@@ -250,8 +250,10 @@ def _sample(model, kwargs: dict, settings: SamplerSettings, cache_key, batch: in
 
 
 def _tree(samples: dict, diverging, n_steps, y, coords: dict, dims: dict):
-    groups = {"posterior": {k: np.asarray(v) for k, v in samples.items()},
-              "sample_stats": {"diverging": np.asarray(diverging), "n_steps": np.asarray(n_steps)}}
+    """DataTree of draws; ``sample_stats`` only for a sampler that has them (not SVI)."""
+    groups = {"posterior": {k: np.asarray(v) for k, v in samples.items()}}
+    if diverging is not None:
+        groups["sample_stats"] = {"diverging": np.asarray(diverging), "n_steps": np.asarray(n_steps)}
     if y is not None:
         groups["observed_data"] = {"obs": np.asarray(y)}
     return az.from_dict(groups, coords=coords, dims={**dims, "obs": ["run"]})
@@ -338,11 +340,7 @@ def run_svi(model, data: dict, settings: SamplerSettings, coords: dict, dims: di
     timings["compile"] = compile_s[0]
     _, k = array_stats.psislw(np.asarray(log_w, dtype=np.float64))
     samples = {name: np.asarray(v)[None] for name, v in samples.items()}
-    groups = {"posterior": samples}
-    if data.get("y") is not None:
-        groups["observed_data"] = {"obs": np.asarray(data["y"])}
-    tree = az.from_dict(groups, coords=coords, dims={**dims, "obs": ["run"]})
-    return tree, timings, float(k)
+    return _tree(samples, None, None, data.get("y"), coords, dims), timings, float(k)
 
 
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
