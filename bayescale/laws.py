@@ -60,7 +60,7 @@ import numpy as np
 
 __all__ = ["saturating_loss", "saturating_term", "floor_and_reducible", "natural_params", "log_scale_to_reach",
            "broken_shape_log", "response_scales", "Law", "SaturatingLaw", "PowerLaw", "BrokenPowerLaw", "LAWS", "SATURATING",
-           "CHINCHILLA", "POWER", "BROKEN", "get_law", "LOG_EXPONENT_PRIOR"]
+           "CHINCHILLA", "POWER", "BROKEN", "get_law", "LOG_EXPONENT_PRIOR", "at_rows"]
 
 #: Default prior of a saturating law's log exponents: exponents 0.06-1.1 (95%), the range seen in
 #: LM scaling laws for N, D and C.
@@ -168,6 +168,15 @@ def _bisect_decreasing(f, lo: float, hi: float, shape, iterations: int = 100) ->
     return 0.5 * (lo + hi)
 
 
+def at_rows(values, cell):
+    """Per-cell ``values`` (..., n_cells) at the rows: ``values[..., cell]`` for a row -> cell index, or
+    ``values[..., :, None]`` (broadcasting over a (n_cells, width) layout) when ``cell`` is None.
+
+    The by-cell layout (``bayescale.model.model_data``) makes the gradient a sum over an axis instead of a
+    scatter-add over rows. Usage: ``at_rows(theta["loss_mid"], cell)``
+    """
+    return values[..., :, None] if cell is None else values[..., cell]
+
 @dataclass(frozen=True)
 class Law:
     """A registered functional form: covariates, sampled parameters, mean function, natural parameters.
@@ -208,12 +217,13 @@ class Law:
         raise NotImplementedError
 
     def mean_by_cell(self, theta: Mapping, covariates: Mapping, grids: Sequence, cell, xp=np):
-        """``mean`` of per-row covariates from per-cell parameters (``theta[p]``: (..., n_cells); ``cell``: row -> cell).
+        """``mean`` of per-row covariates from per-cell parameters (``theta[p]``: (..., n_cells); ``cell``: row -> cell,
+        or None when the covariates are laid out by cell, (n_cells, width): see ``at_rows``).
 
         Laws override it to compute what depends only on the cell once per cell, not once per row.
         Usage: ``law.mean_by_cell(theta_cells, {"u": u}, grids, cell_index)``
         """
-        return self.mean({k: v[..., cell] for k, v in theta.items()}, covariates, grids, xp)
+        return self.mean({k: at_rows(v, cell) for k, v in theta.items()}, covariates, grids, xp)
 
     def natural(self, theta: Mapping, grids: Sequence, log_refs: Sequence[float], xp=np) -> dict:
         """Natural parameters from sampled ones. Usage: ``law.natural(theta, grids, log_refs)["alpha"]``."""
@@ -269,12 +279,12 @@ class SaturatingLaw(Law):
 
     def mean_by_cell(self, theta: Mapping, covariates: Mapping, grids: Sequence, cell, xp=np):
         # saturating_term with the grid moments once per cell: 1 expm1 per row instead of 6
-        out = theta["loss_mid"][..., cell]
+        out = at_rows(theta["loss_mid"], cell)
         for cov, slope, expo, grid in zip(self.covariates, self.slopes, self.exponents, grids):
             alpha = xp.exp(theta[expo])
             b_mean, beta = _basis_moments(alpha, grid, xp)
             coef = xp.exp(theta[slope]) / beta
-            out = out - coef[..., cell] * (_b(covariates[cov], alpha[..., cell], xp) - b_mean[..., cell])
+            out = out - at_rows(coef, cell) * (_b(covariates[cov], at_rows(alpha, cell), xp) - at_rows(b_mean, cell))
         return out
 
     def natural(self, theta: Mapping, grids: Sequence, log_refs: Sequence[float], xp=np) -> dict:

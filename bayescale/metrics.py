@@ -68,6 +68,10 @@ _PRIORS = {"level": (0.0, 2.0), "log_k": (None, 1.0), "group_sd": {"level": 3.0,
            "log_phi": (5.0, 2.0)}
 
 
+#: A factor's effects are sampled centred (``fit_metric``) from this many levels and rows in its median level.
+FACTOR_LEVELS_CENTRED, FACTOR_ROWS_CENTRED = 10, 20
+
+
 def sigmoid_metric(z, chance, ceiling, z_star, k, xp=np):
     """Expected metric at centred covariate ``z``. Usage: ``sigmoid_metric(z, 0.25, 1.0, 0.3, 2.0)``."""
     return chance + (ceiling - chance) / (1.0 + xp.exp(-k * (z - z_star)))
@@ -107,6 +111,7 @@ class MetricSpec:
     z_range: tuple[float, float] = (0.0, 0.0)
     z_ref: float = 0.0              # centred covariate where ``level`` is measured
     law_params: tuple[str, ...] = ("level", "log_k")
+    centered_factors: tuple[str, ...] = ()  # factors whose zero-sum effects are sampled centred
 
     @property
     def cell_labels(self) -> list[str]:
@@ -146,7 +151,7 @@ def _chance_per_cell(data: pd.DataFrame, groups, cells, chance) -> tuple[float, 
 
 
 def _prepare(df: pd.DataFrame, x, metric, groups, chance, n_examples, link, ceiling, likelihood,
-             centered, reference=0.5) -> tuple[MetricSpec, pd.DataFrame]:
+             centered, reference=0.5, centered_factors="auto") -> tuple[MetricSpec, pd.DataFrame]:
     if link not in ("log", "loss"):
         raise ValueError(f"link must be 'log' (scale covariate) or 'loss', got {link!r}")
     cols = [x, metric, *groups] + ([chance] if isinstance(chance, str) else []) + ([n_examples] if n_examples else [])
@@ -179,10 +184,13 @@ def _prepare(df: pd.DataFrame, x, metric, groups, chance, n_examples, link, ceil
     if centered == "auto":
         per_cell = data.groupby(list(groups))[x].nunique() if groups else pd.Series([len(np.unique(xv))])
         centered = ("level", "log_k") if float(np.median(per_cell)) >= 8 else ()
+    if centered_factors == "auto":
+        centered_factors = tuple(g for g in groups if len(groups) >= 2 and len(levels[g]) >= FACTOR_LEVELS_CENTRED
+                                 and float(np.median(data.groupby(g).size())) >= FACTOR_ROWS_CENTRED)
     spec = MetricSpec(x=x, metric=metric, link=link, ref=ref, groups=tuple(groups), levels=levels, cells=cells,
                       chance=chances, ceiling=float(ceiling), likelihood=likelihood, n_examples=n_examples,
                       priors=priors, centered=tuple(centered), z_range=(float(z.min()), float(z.max())),
-                      z_ref=z_ref)
+                      z_ref=z_ref, centered_factors=tuple(centered_factors))
     return spec, data
 
 
@@ -491,7 +499,7 @@ def fit_metric(df: pd.DataFrame, *, x: str, metric: str = "metric", groups: Sequ
                chance: str | float = "chance_level", n_examples: str | None = None, link: str = "log",
                ceiling: float = 1.0, likelihood: str = "auto", centered: str | tuple = "auto",
                settings: SamplerSettings | None = None, priors: dict | None = None,
-               reference: float = 0.5) -> MetricFit:
+               reference: float = 0.5, centered_factors: str | tuple = "auto") -> MetricFit:
     """Fit ``m = chance + (ceiling - chance) * sigmoid(k (z - z_star))`` hierarchically over ``groups`` with NUTS.
 
     ``x``: covariate column (a scale with ``link="log"``, a loss with ``link="loss"``). ``chance``: column or
@@ -502,10 +510,14 @@ def fit_metric(df: pd.DataFrame, *, x: str, metric: str = "metric", groups: Sequ
     ``priors``: overrides of the defaults (``level`` ~ N(0, 2), ``log_k`` ~ N(log(4 / range), 1),
     ``log_phi`` ~ N(5, 2), ``group_sd`` {"level": 3, "log_k": 1}). ``reference``: quantile of the fitted
     covariate values (in ``z``: log scale, or minus the loss) where ``level`` is measured.
+    ``centered_factors`` (two or more factors): ``"auto"`` samples a factor's zero-sum effects centred when
+    it has >= ``FACTOR_LEVELS_CENTRED`` levels (its spread is then pinned down) and its median level has
+    >= ``FACTOR_ROWS_CENTRED`` rows (so is each effect; non-centred effects then mix badly: ObsScaling's
+    28 families), else non-centred; or a tuple of factor names.
     Usage: ``fit_metric(df, x="compute_flops", groups=["task"], n_examples="n_examples")``
     """
     spec, data = _prepare(df, x, metric, tuple(groups), chance, n_examples, link, ceiling, likelihood, centered,
-                          reference)
+                          reference, centered_factors)
     if priors:
         spec = MetricSpec(**{**spec.__dict__, "priors": {**spec.priors, **priors}})
     settings = settings or SamplerSettings()
@@ -517,7 +529,8 @@ def fit_metric(df: pd.DataFrame, *, x: str, metric: str = "metric", groups: Sequ
     dims = {"mu": ["metric_param"], "sd_cell": ["metric_param"], "cell_centered": ["centered_param", "cell"],
             "z_cell": ["noncentered_param", "cell"]}
     for g in spec.groups:
-        dims.update({f"sd_{g}": ["metric_param"], f"z_{g}": ["metric_param", f"{g}_level"]})
+        dims.update({f"sd_{g}": ["metric_param"], f"z_{g}": ["metric_param", f"{g}_level"],
+                     f"effect_{g}": ["metric_param", f"{g}_level"]})
     md = _model_data(spec, data)
     tree, timings = run_nuts(_build_model(spec), md, settings, coords, dims)
     tree = _add_cell_quantities(tree, spec)

@@ -14,7 +14,8 @@ level and slope over the fitted range, and the exponent for dense curves) are ce
 cell level; the exponent of sparse curves is non-centred. This, the reference parametrization
 of ``bayescale.laws`` and float64 make the model mix (see ``studies/parametrization.py``). The law parameters
 share vector-valued sample sites, which keeps the JAX graph (and compile time) small. The law's mean
-function comes from ``spec.law_def`` and its covariates (``u``; or ``uN``, ``uD``) from ``model_data``.
+function comes from ``spec.law_def`` and its covariates (``u``; or ``uN``, ``uD``) from ``model_data``;
+large tables are laid out by cell (``pad_index``), so the law's gradient needs no scatter over rows.
 
 Everything the model takes from the data (covariates, cells, the scale-aware prior constants and the
 reference grids) is a model argument (``model_data``); the model function itself depends only on
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from numpyro.distributions.transforms import ZeroSumTransform
 
 from .runs import RunTable
 from .spec import ModelSpec, law_log_covariates
@@ -38,8 +40,20 @@ __all__ = ["build_model", "model_data", "prior_arrays", "structure_key", "cell_v
            "new_cell_draws"]
 
 
-def model_data(runs: RunTable, spec: ModelSpec, with_response: bool = True) -> dict:
-    """Arrays the model takes, for ``runs`` coded by ``spec``'s levels. Usage: ``model_data(runs, spec)``."""
+#: Tables with at least this many rows are laid out by cell for sampling (``model_data``).
+BY_CELL_MIN_ROWS = 1000
+
+
+def model_data(runs: RunTable, spec: ModelSpec, with_response: bool = True, layout: str = "auto") -> dict:
+    """Arrays the model takes, for ``runs`` coded by ``spec``'s levels.
+
+    Per row: covariates, ``cell``, ``y``. ``layout="by_cell"`` adds ``pad_index`` (n_cells, width: the
+    rows of each cell, padded) and ``pad_mask``, and the model then evaluates the law on that grid, so
+    its gradient is a sum along an axis rather than a scatter-add over rows (2.5x cheaper on CPU at
+    1e4-1e5 rows; on a GPU it avoids serialized deterministic scatters). ``"auto"``: by cell for tables
+    of >= ``BY_CELL_MIN_ROWS`` rows whose padding adds at most half the rows; ``"rows"``: never.
+    Usage: ``model_data(runs, spec)``
+    """
     cell_index = {c: k for k, c in enumerate(spec.cells)}
     if spec.groups:
         keys = runs.data[list(spec.groups)].itertuples(index=False, name=None)
@@ -52,6 +66,19 @@ def model_data(runs: RunTable, spec: ModelSpec, with_response: bool = True) -> d
     out["y"] = runs.data[runs.response].to_numpy(np.float64) if with_response else None
     out["priors"] = prior_arrays(spec)
     out["grids"] = spec.law_grids
+    out["pad_index"] = out["pad_mask"] = None
+    counts = np.bincount(cell, minlength=len(spec.cells))
+    width = int(counts.max()) if len(cell) else 0
+    if layout == "by_cell" or (layout == "auto" and len(cell) >= BY_CELL_MIN_ROWS
+                               and counts.size * width <= 1.5 * len(cell)):
+        order = np.argsort(cell, kind="stable")
+        pos = np.arange(len(cell)) - np.repeat(np.cumsum(counts) - counts, counts)
+        out["pad_index"] = np.zeros((counts.size, width), dtype=np.int64)
+        out["pad_index"][cell[order], pos] = order
+        out["pad_mask"] = np.zeros((counts.size, width), dtype=bool)
+        out["pad_mask"][cell[order], pos] = True
+    elif layout not in ("auto", "rows", "by_cell"):
+        raise ValueError(f"layout must be 'auto', 'rows' or 'by_cell', got {layout!r}")
     return out
 
 
@@ -137,8 +164,9 @@ def sample_hierarchy(spec, loc, scale, group_sd, cell_levels):
     """Sample the hierarchy's sites and return the per-cell parameters, shape (n_params, n_cells).
 
     Population means ``Normal(loc, scale)``; with two or more factors a zero-sum effect per factor
-    with spread ``HalfNormal(group_sd)``; cell effects with spread ``HalfNormal(group_sd / 2)``,
-    centred for ``spec.centered``, non-centred otherwise. Shared by every NumPyro model in
+    with spread ``HalfNormal(group_sd)`` (non-centred ``z_f``, or centred ``effect_f`` for the factors
+    in ``spec.centered_factors``, with ``z_f = effect_f / sd_f`` recorded); cell effects with spread
+    ``HalfNormal(group_sd / 2)``, centred for ``spec.centered``, non-centred otherwise. Shared by every NumPyro model in
     bayescale (loss laws here, bounded metrics in ``bayescale.metrics``); ``spec`` needs
     ``law_params``, ``groups``, ``levels``, ``cells`` and ``centered``.
     Usage: inside a model, ``theta = sample_hierarchy(spec, loc, scale, group_sd, cell_levels)``
@@ -151,8 +179,15 @@ def sample_hierarchy(spec, loc, scale, group_sd, cell_levels):
             for factor in spec.groups:
                 draws[f"sd_{factor}"] = numpyro.sample(f"sd_{factor}", dist.HalfNormal(group_sd).to_event(1))
                 n_levels = len(spec.levels[factor])
-                draws[f"z_{factor}"] = numpyro.sample(
-                    f"z_{factor}", dist.ZeroSumNormal(1.0, event_shape=(n_levels,)).expand([n_par]).to_event(1))
+                if factor in getattr(spec, "centered_factors", ()):  # data-rich levels: sample the effects
+                    sd = draws[f"sd_{factor}"][:, None]
+                    zero_sum = dist.TransformedDistribution(  # ZeroSumNormal(sd_p) for each law parameter p
+                        dist.Normal(0.0, sd).expand((n_par, n_levels - 1)).to_event(1), ZeroSumTransform(1))
+                    effect = numpyro.sample(f"effect_{factor}", zero_sum.to_event(1))
+                    draws[f"z_{factor}"] = numpyro.deterministic(f"z_{factor}", effect / sd)
+                else:
+                    draws[f"z_{factor}"] = numpyro.sample(
+                        f"z_{factor}", dist.ZeroSumNormal(1.0, event_shape=(n_levels,)).expand([n_par]).to_event(1))
         draws["sd_cell"] = sd_cell = numpyro.sample("sd_cell", dist.HalfNormal(group_sd / 2).to_event(1))
         if len(centered):
             base = _base(draws, spec, cell_levels, jnp)
@@ -172,8 +207,11 @@ def build_model(spec: ModelSpec):
     """
     law = spec.law_def
 
-    def model(cell, cell_levels, priors, grids, y=None, **covariates):
+    def model(cell, cell_levels, priors, grids, y=None, pad_index=None, pad_mask=None, **covariates):
         theta = sample_hierarchy(spec, priors["loc"], priors["scale"], priors["group_sd"], cell_levels)
+        if pad_index is not None:  # by-cell layout: gather the data (not the parameters) onto the grid
+            covariates = {k: v[pad_index] for k, v in covariates.items()}
+            y, cell = (None if y is None else y[pad_index]), None
         mean = law.mean_by_cell(dict(zip(law.params, theta)), covariates, grids, cell, xp=jnp)
         sigma = numpyro.sample("sigma", dist.HalfNormal(priors["noise_sd"]))
         if spec.likelihood == "student_t":
@@ -181,7 +219,10 @@ def build_model(spec: ModelSpec):
             noise = dist.StudentT(nu, mean, sigma)
         else:
             noise = dist.Normal(mean, sigma)
-        with numpyro.plate("runs", cell.shape[0]):
-            numpyro.sample("obs", noise, obs=y)
+        if pad_index is not None:
+            numpyro.sample("obs", noise.mask(pad_mask).to_event(2), obs=y)
+        else:
+            with numpyro.plate("runs", cell.shape[0]):
+                numpyro.sample("obs", noise, obs=y)
 
     return model

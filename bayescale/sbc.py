@@ -107,7 +107,7 @@ def sbc(template: RunTable, *, law: str = "saturating", likelihood: str = "norma
     spec = spec or ModelSpec.from_runs(template, law=law, likelihood=likelihood)
     settings = settings or SBC_SETTINGS
     numpyro.enable_x64(settings.precision == "float64")
-    data = model_data(template, spec, with_response=False)
+    data = model_data(template, spec, with_response=False, layout="rows")  # prior draws of y by row
     prior = Predictive(build_model(spec), num_samples=n_reps)(jax.random.PRNGKey(seed), **data)
     prior = {k: np.asarray(v) for k, v in prior.items()}
     truths = _truths(prior, spec, spec.cell_level_codes())

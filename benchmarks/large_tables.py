@@ -5,7 +5,8 @@ geometric over 1e18..1e21 (like every checkpoint of every model), noise sd 0.01.
 (``--warmup`` + ``--draws``; default 1000 + 1000), ``--dense`` for a dense mass matrix. For each
 size and precision: wall time of ``fit_law`` (JIT included), sampling time with and without JAX
 compilation, mean leapfrog steps per draw, min bulk ESS and min bulk ESS per second, max R-hat,
-divergences. ``--svi``: also the approximate path (``SamplerSettings(engine="svi")``) on the same
+divergences. ``--layout rows`` keeps the per-row layout (the law's gradient is a scatter-add over rows)
+instead of the by-cell grid ``bayescale.model.model_data`` picks for tables of >= 1e3 rows. ``--svi``: also the approximate path (``SamplerSettings(engine="svi")``) on the same
 table, with its PSIS Pareto k and its error against the NUTS fit: largest absolute gap between
 the two posterior medians of alpha and of the forecast at 10x the largest scale, in units of the
 NUTS posterior sd, and the ratio of the two 90% forecast band widths. No timing is asserted.
@@ -24,6 +25,7 @@ import warnings
 import numpy as np
 
 import bayescale
+import bayescale.model
 from bayescale import SamplerSettings, fit_law, load_runs
 from bayescale.simulate import simulate_runs
 
@@ -78,11 +80,15 @@ def main(argv=None) -> None:
     parser.add_argument("--dense", action="store_true", help="dense mass matrix")
     parser.add_argument("--target-accept", type=float, default=0.95)
     parser.add_argument("--svi", action="store_true", help="also the approximate SVI path, with its error vs NUTS")
+    parser.add_argument("--layout", default="auto", choices=["auto", "rows"],
+                        help="data layout for sampling: auto (by cell from 1e3 rows) or rows (per-row gather/scatter)")
     args = parser.parse_args(argv)
+    if args.layout == "rows":
+        bayescale.model.BY_CELL_MIN_ROWS = 10**15
     import jax
     print(f"bayescale {bayescale.__version__ if hasattr(bayescale, '__version__') else ''} jax {jax.__version__}; "
           f"devices {jax.devices()}; {platform.processor() or platform.machine()}; 4 chains x ({args.warmup} + "
-          f"{args.draws}), target_accept {args.target_accept}{', dense mass' if args.dense else ''}")
+          f"{args.draws}), target_accept {args.target_accept}{', dense mass' if args.dense else ''}, layout {args.layout}")
     print(f"{'rows':>8s} {'prec':>8s} {'fit_law s':>9s} {'sampling':>8s} {'compile':>7s} {'steps':>6s} "
           f"{'minESS':>7s} {'ESS/s':>7s} {'ESS/s-JIT':>9s} {'R-hat':>6s} {'div':>4s}", flush=True)
     for rows in (int(float(r)) for r in args.rows.split(",")):
