@@ -159,6 +159,11 @@ class ModelSpec:
         """
         if likelihood not in ("normal", "student_t"):
             raise ValueError(f"likelihood must be 'normal' or 'student_t', got {likelihood!r}")
+        for g in runs.groups:
+            if len(runs.levels(g)) < 2:
+                raise ValueError(f"grouping column {g!r} has one level ({runs.levels(g)[0]!r}): there is nothing to "
+                                 f"pool across, and a spread fitted from one curve does not mix; leave {g!r} out of "
+                                 "groups (with no groups at all the table is fitted as one curve)")
         law_def = get_law(law)
         logs = law_log_covariates(runs, law_def)
         refs = [float(np.mean(x)) for x in logs]

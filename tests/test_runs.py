@@ -373,3 +373,13 @@ def test_real_gadre_dataset():
     derived = load_quiet(raw.drop(columns="compute_flops"), scale="compute_flops", derive_compute=True,
                          groups=["eval_set"])
     np.testing.assert_allclose(derived.data["compute_flops"], 6.0 * raw["params"] * raw["tokens"])
+
+
+def test_single_level_grouping_factor_is_refused():
+    from bayescale import fit_law
+    from bayescale.simulate import simulate_runs
+
+    df, _ = simulate_runs(1, np.geomspace(1e18, 1e21, 6), noise_sd=0.02, seed=0)
+    runs = load_runs(df, scale="compute_flops", groups=["family"])
+    with pytest.raises(ValueError, match="'family' has one level"):
+        fit_law(runs)
