@@ -183,7 +183,8 @@ class ModelSpec:
         return cls(
             scale=runs.scale, response=runs.response, groups=runs.groups,
             levels={g: runs.levels(g) for g in runs.groups},
-            cells=tuple(tuple(r) for r in cells[list(runs.groups)].itertuples(index=False)),
+            cells=(tuple(tuple(r) for r in cells[list(runs.groups)].itertuples(index=False)) if runs.groups
+                   else ((),)),  # a frame without columns iterates to no rows under some pandas versions
             log_x_ref=refs[0], grid=grids[0],
             priors=priors if priors is not None else default_priors(runs, log_x_ref=refs[0], law=law_def),
             likelihood=likelihood, law=law_def.name, centered=tuple(centered),
