@@ -85,8 +85,9 @@ class Diagnostics:
                        "Increase draws.")
         if self.n_divergent:
             out.append(f"{self.n_divergent} of {self.n_draws} draws diverged: the sampler missed part of the "
-                       "posterior. Raise target_accept (e.g. 0.99), use likelihood='student_t' for outliers, "
-                       "or tighten the priors.")
+                       "posterior. Raise target_accept (the default is 0.99; try 0.995), use "
+                       "likelihood='student_t' for outliers, or tighten the priors; with few runs per curve "
+                       "and few curves the spread between curves may not be identified (pool fewer factors).")
         if self.n_max_treedepth:
             out.append(f"{self.n_max_treedepth} of {self.n_draws} draws hit the maximum tree depth "
                        f"({self.max_tree_depth}): sampling is inefficient. Raise max_tree_depth.")
