@@ -46,7 +46,7 @@ import pandas as pd
 from scipy.special import gammaln, logsumexp
 
 from .fit import Fit, fit_law, new_run_noise
-from .model import new_cell_draws
+from .model import has_factor_effects, new_cell_draws
 from .runs import load_runs
 from .spec import ModelSpec, SamplerSettings
 
@@ -71,7 +71,7 @@ def _fresh_effects(spec, cell: tuple) -> set:
     if not spec.groups or cell in spec.cells:
         return set()
     out = {("cell", cell)}
-    if len(spec.groups) >= 2:
+    if has_factor_effects(spec):
         out |= {(f, level) for f, level in zip(spec.groups, cell) if level not in spec.levels[f]}
     return out
 
@@ -94,7 +94,7 @@ def _joint_theta(fit: Fit, cells: Sequence[tuple], rng: np.random.Generator, n_r
     reps = {c: [] for c in unseen}
     for _ in range(n_rep if unseen else 0):
         z_new = {}
-        if len(spec.groups) >= 2:  # factor effects exist: one draw per unseen level and replicate
+        if has_factor_effects(spec):  # factor effects exist: one draw per unseen level and replicate
             z_new = {f: rng.standard_normal(fit._flat(f"z_{f}").shape[:-1] + (len(levels),))
                      for f, levels in new_levels.items() if levels}
 

@@ -53,7 +53,7 @@ from scipy import optimize, special, stats
 from .inference import Diagnostics, diagnose, run_nuts, warn_if_bad
 from .fit import _interval_columns
 from .model import _split, cell_values, new_cell_draws, sample_hierarchy
-from .spec import SamplerSettings
+from .spec import SamplerSettings, crossed_effects
 
 __all__ = ["MetricSpec", "MetricFit", "fit_metric", "sigmoid_metric", "natural_params", "LEVELS", "curve_fit_sigmoid",
            "predict_sigmoid", "plot_emergence"]
@@ -112,6 +112,7 @@ class MetricSpec:
     z_ref: float = 0.0              # centred covariate where ``level`` is measured
     law_params: tuple[str, ...] = ("level", "log_k")
     centered_factors: tuple[str, ...] = ()  # factors whose zero-sum effects are sampled centred
+    factor_effects: bool | None = None      # crossed-factor effects (``bayescale.spec.crossed_effects``)
 
     @property
     def cell_labels(self) -> list[str]:
@@ -185,12 +186,14 @@ def _prepare(df: pd.DataFrame, x, metric, groups, chance, n_examples, link, ceil
         per_cell = data.groupby(list(groups))[x].nunique() if groups else pd.Series([len(np.unique(xv))])
         centered = ("level", "log_k") if float(np.median(per_cell)) >= 8 else ()
     if centered_factors == "auto":
-        centered_factors = tuple(g for g in groups if len(groups) >= 2 and len(levels[g]) >= FACTOR_LEVELS_CENTRED
+        centered_factors = tuple(g for g in groups if crossed_effects(groups, levels)
+                                 and len(levels[g]) >= FACTOR_LEVELS_CENTRED
                                  and float(np.median(data.groupby(g).size())) >= FACTOR_ROWS_CENTRED)
     spec = MetricSpec(x=x, metric=metric, link=link, ref=ref, groups=tuple(groups), levels=levels, cells=cells,
                       chance=chances, ceiling=float(ceiling), likelihood=likelihood, n_examples=n_examples,
                       priors=priors, centered=tuple(centered), z_range=(float(z.min()), float(z.max())),
-                      z_ref=z_ref, centered_factors=tuple(centered_factors))
+                      z_ref=z_ref, centered_factors=tuple(centered_factors),
+                      factor_effects=crossed_effects(groups, levels))
     return spec, data
 
 

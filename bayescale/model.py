@@ -7,9 +7,9 @@ group levels):
     p[k] = mu_p + sum_f sd_{p,f} * z_{p,f}[level_f(k)] + cell effect,
     cell effect ~ Normal(0, sd_{p,cell})
 
-Factor effects exist with two or more grouping factors (crossed design) and sum to zero
-over the levels (``ZeroSumNormal``: no ridge between mu and the effects); with one factor
-the cells are its levels. Parameters the data pin down (``spec.centered``: by default the
+Factor effects exist with two or more grouping factors (crossed design) of >= 3 levels each
+(``has_factor_effects``; with fewer the cells are pooled directly) and sum to zero over the levels
+(``ZeroSumNormal``: no ridge between mu and the effects); with one factor the cells are its levels. Parameters the data pin down (``spec.centered``: by default the
 level and slope over the fitted range, and the exponent for dense curves) are centred at the
 cell level; the exponent of sparse curves is non-centred. This, the reference parametrization
 of ``bayescale.laws`` and float64 make the model mix (see ``studies/parametrization.py``). The law parameters
@@ -37,7 +37,7 @@ from .runs import RunTable
 from .spec import ModelSpec, law_log_covariates
 
 __all__ = ["build_model", "model_data", "prior_arrays", "structure_key", "cell_values", "sample_hierarchy",
-           "new_cell_draws"]
+           "new_cell_draws", "has_factor_effects"]
 
 
 #: Tables with at least this many rows are laid out by cell for sampling (``model_data``).
@@ -104,7 +104,7 @@ def structure_key(spec: ModelSpec) -> tuple:
     Two specs with the same key share one compiled sampler. Usage: ``run_nuts(..., cache_key=structure_key(spec))``
     """
     return ("law", spec.law, spec.groups, tuple(len(spec.levels[g]) for g in spec.groups), len(spec.cells),
-            tuple(spec.centered), spec.likelihood)
+            tuple(spec.centered), spec.likelihood, has_factor_effects(spec))
 
 
 def _split(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -113,10 +113,20 @@ def _split(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     return np.array(centered, dtype=int), np.array([i for i in range(len(params)) if i not in centered], dtype=int)
 
 
+def has_factor_effects(spec) -> bool:
+    """Whether the hierarchy has per-factor effects (``spec.factor_effects``, set from the data when the
+    spec is made: ``bayescale.spec.crossed_effects``; specs without it: two or more factors).
+
+    Usage: ``has_factor_effects(fit.spec)``
+    """
+    flag = getattr(spec, "factor_effects", None)
+    return len(spec.groups) >= 2 if flag is None else bool(flag)
+
+
 def _base(draws: dict, spec: ModelSpec, cell_levels, xp):
     """mu plus the factor effects, shape (..., n_params, n_cells)."""
     base = draws["mu"][..., :, None] + xp.zeros((len(spec.law_params), len(spec.cells)))
-    if len(spec.groups) >= 2:
+    if has_factor_effects(spec):
         for f, factor in enumerate(spec.groups):
             base = base + draws[f"sd_{factor}"][..., :, None] * draws[f"z_{factor}"][..., cell_levels[:, f]]
     return base
@@ -148,7 +158,7 @@ def new_cell_draws(flat, spec, levels: tuple, rng: np.random.Generator) -> np.nd
     Usage: ``new_cell_draws(fit._flat, fit.spec, ("rpj", None), np.random.default_rng(0))``
     """
     value = flat("mu")
-    if len(spec.groups) >= 2:
+    if has_factor_effects(spec):
         for factor, level in zip(spec.groups, levels):
             sd = flat(f"sd_{factor}")
             if level in spec.levels[factor]:
@@ -175,7 +185,7 @@ def sample_hierarchy(spec, loc, scale, group_sd, cell_levels):
     n_cells, n_par = len(spec.cells), len(spec.law_params)
     draws = {"mu": numpyro.sample("mu", dist.Normal(loc, scale).to_event(1))}
     if spec.groups:
-        if len(spec.groups) >= 2:
+        if has_factor_effects(spec):
             for factor in spec.groups:
                 draws[f"sd_{factor}"] = numpyro.sample(f"sd_{factor}", dist.HalfNormal(group_sd).to_event(1))
                 n_levels = len(spec.levels[factor])

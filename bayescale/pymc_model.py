@@ -21,7 +21,7 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
-from .model import _base, _split, cell_values
+from .model import _base, _split, cell_values, has_factor_effects
 from .spec import ModelSpec, SamplerSettings
 
 __all__ = ["build_pymc_model", "run_pymc"]
@@ -53,7 +53,7 @@ def build_pymc_model(spec: ModelSpec, data: dict, coords: dict | None = None) ->
     with pm.Model(coords=coords or {}) as model:
         draws = {"mu": pm.Normal("mu", loc, scale, shape=n_par)}
         if spec.groups:
-            if len(spec.groups) >= 2:
+            if has_factor_effects(spec):
                 for factor in spec.groups:
                     draws[f"sd_{factor}"] = pm.HalfNormal(f"sd_{factor}", group_sd, shape=n_par)
                     draws[f"z_{factor}"] = pm.ZeroSumNormal(f"z_{factor}", sigma=1.0, n_zerosum_axes=1,

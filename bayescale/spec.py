@@ -18,7 +18,7 @@ from .laws import LOG_EXPONENT_PRIOR, SATURATING, Law, get_law, response_scales
 from .runs import RunTable, RunTableError, _positive_floats
 
 __all__ = ["Priors", "ModelSpec", "SamplerSettings", "default_priors", "LAW_PARAMS", "GRID_POINTS",
-           "CENTER_ALPHA_MIN_SCALES"]
+           "CENTER_ALPHA_MIN_SCALES", "MIN_FACTOR_LEVELS", "crossed_effects"]
 
 #: Sampled per-group quantities of the default (saturating) law; any law's are ``get_law(name).params``.
 LAW_PARAMS = SATURATING.params
@@ -29,6 +29,9 @@ GRID_POINTS = 5
 #: Curves with at least this many distinct scales (median over curves) pin down their exponent,
 #: so it is sampled centred too; with fewer it is non-centred (see ``ModelSpec.centered``).
 CENTER_ALPHA_MIN_SCALES = 8
+#: Crossed factors get their own effects (and spreads) only when each has at least this many levels:
+#: a spread estimated from two zero-sum effects (one degree of freedom) does not mix (Pythia's 2 x 2).
+MIN_FACTOR_LEVELS = 3
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,13 @@ def default_priors(runs: RunTable, log_x_ref: float | None = None, law: str | La
     return Priors(**fields, group_sd=group_sd, noise_sd=0.1 * response_scales(y)["sd"], extra=priors)
 
 
+def crossed_effects(groups, levels: dict) -> bool:
+    """Whether crossed factors get their own effects: two or more factors with >= ``MIN_FACTOR_LEVELS``
+    levels each; otherwise the curves (cells) are pooled directly. Usage: ``crossed_effects(groups, levels)``
+    """
+    return len(groups) >= 2 and min(len(levels[g]) for g in groups) >= MIN_FACTOR_LEVELS
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What to fit: the law, the grouping factors and their levels, priors and likelihood.
@@ -145,6 +155,7 @@ class ModelSpec:
     covariates: tuple[str, ...] = ()            # empty: (scale,) (the saturating law)
     log_refs: tuple[float, ...] = ()            # empty: (log_x_ref,)
     grids: tuple[tuple[float, ...], ...] = ()   # empty: (grid,)
+    factor_effects: bool | None = None          # crossed-factor effects; None: two or more factors (old fits)
 
     @classmethod
     def from_runs(cls, runs: RunTable, *, likelihood: str = "normal", priors: Priors | None = None,
@@ -189,6 +200,7 @@ class ModelSpec:
             priors=priors if priors is not None else default_priors(runs, log_x_ref=refs[0], law=law_def),
             likelihood=likelihood, law=law_def.name, centered=tuple(centered),
             covariates=columns, log_refs=tuple(refs), grids=tuple(grids),
+            factor_effects=crossed_effects(runs.groups, {g: runs.levels(g) for g in runs.groups}),
         )
 
     @property
