@@ -52,7 +52,9 @@ def test_sbc_power_uniform_ranks():
 @pytest.mark.sbc
 def test_sbc_broken_uniform_ranks():
     df, _ = simulate_runs(1, np.geomspace(1e18, 1e22, 12), seed=0)
-    res = sbc(load_runs(df, scale="compute_flops"), law="broken", n_reps=100, seed=4)
+    # 300 replications: with 100 (seed 4) one set of prior draws gave KS p 0.0005 on mu_log_slope
+    # while two fresh sets passed (p 0.87, 0.82) and the 300 pooled passed (smallest p 0.046); see README.
+    res = sbc(load_runs(df, scale="compute_flops"), law="broken", n_reps=300, seed=4)
     print(res.tests.to_string())
     assert_uniform(res.tests)
 
