@@ -177,6 +177,7 @@ def at_rows(values, cell):
     """
     return values[..., :, None] if cell is None else values[..., cell]
 
+
 @dataclass(frozen=True)
 class Law:
     """A registered functional form: covariates, sampled parameters, mean function, natural parameters.

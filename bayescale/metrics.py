@@ -185,15 +185,15 @@ def _prepare(df: pd.DataFrame, x, metric, groups, chance, n_examples, link, ceil
     if centered == "auto":
         per_cell = data.groupby(list(groups))[x].nunique() if groups else pd.Series([len(np.unique(xv))])
         centered = ("level", "log_k") if float(np.median(per_cell)) >= 8 else ()
+    factor_effects = crossed_effects(groups, levels)
     if centered_factors == "auto":
-        centered_factors = tuple(g for g in groups if crossed_effects(groups, levels)
-                                 and len(levels[g]) >= FACTOR_LEVELS_CENTRED
+        centered_factors = tuple(g for g in groups if factor_effects and len(levels[g]) >= FACTOR_LEVELS_CENTRED
                                  and float(np.median(data.groupby(g).size())) >= FACTOR_ROWS_CENTRED)
     spec = MetricSpec(x=x, metric=metric, link=link, ref=ref, groups=tuple(groups), levels=levels, cells=cells,
                       chance=chances, ceiling=float(ceiling), likelihood=likelihood, n_examples=n_examples,
                       priors=priors, centered=tuple(centered), z_range=(float(z.min()), float(z.max())),
                       z_ref=z_ref, centered_factors=tuple(centered_factors),
-                      factor_effects=crossed_effects(groups, levels))
+                      factor_effects=factor_effects)
     return spec, data
 
 

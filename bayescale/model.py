@@ -9,9 +9,9 @@ group levels):
 
 Factor effects exist with two or more grouping factors (crossed design) of >= 3 levels each
 (``has_factor_effects``; with fewer the cells are pooled directly) and sum to zero over the levels
-(``ZeroSumNormal``: no ridge between mu and the effects); with one factor the cells are its levels. Parameters the data pin down (``spec.centered``: by default the
-level and slope over the fitted range, and the exponent for dense curves) are centred at the
-cell level; the exponent of sparse curves is non-centred. This, the reference parametrization
+(``ZeroSumNormal``: no ridge between mu and the effects); with one factor the cells are its levels.
+Parameters the data pin down (``spec.centered``: by default the level and slope over the fitted
+range, and the exponent for dense curves) are centred at the cell level; the exponent of sparse curves is non-centred. This, the reference parametrization
 of ``bayescale.laws`` and float64 make the model mix (see ``studies/parametrization.py``). The law parameters
 share vector-valued sample sites, which keeps the JAX graph (and compile time) small. The law's mean
 function comes from ``spec.law_def`` and its covariates (``u``; or ``uN``, ``uD``) from ``model_data``;
@@ -54,6 +54,8 @@ def model_data(runs: RunTable, spec: ModelSpec, with_response: bool = True, layo
     of >= ``BY_CELL_MIN_ROWS`` rows whose padding adds at most half the rows; ``"rows"``: never.
     Usage: ``model_data(runs, spec)``
     """
+    if layout not in ("auto", "rows", "by_cell"):
+        raise ValueError(f"layout must be 'auto', 'rows' or 'by_cell', got {layout!r}")
     cell_index = {c: k for k, c in enumerate(spec.cells)}
     if spec.groups:
         keys = runs.data[list(spec.groups)].itertuples(index=False, name=None)
@@ -77,8 +79,6 @@ def model_data(runs: RunTable, spec: ModelSpec, with_response: bool = True, layo
         out["pad_index"][cell[order], pos] = order
         out["pad_mask"] = np.zeros((counts.size, width), dtype=bool)
         out["pad_mask"][cell[order], pos] = True
-    elif layout not in ("auto", "rows", "by_cell"):
-        raise ValueError(f"layout must be 'auto', 'rows' or 'by_cell', got {layout!r}")
     return out
 
 
@@ -115,12 +115,11 @@ def _split(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
 
 def has_factor_effects(spec) -> bool:
     """Whether the hierarchy has per-factor effects (``spec.factor_effects``, set from the data when the
-    spec is made: ``bayescale.spec.crossed_effects``; specs without it: two or more factors).
+    spec is made: ``bayescale.spec.crossed_effects``; None, in fits saved before it: two or more factors).
 
     Usage: ``has_factor_effects(fit.spec)``
     """
-    flag = getattr(spec, "factor_effects", None)
-    return len(spec.groups) >= 2 if flag is None else bool(flag)
+    return len(spec.groups) >= 2 if spec.factor_effects is None else bool(spec.factor_effects)
 
 
 def _base(draws: dict, spec: ModelSpec, cell_levels, xp):
@@ -176,8 +175,8 @@ def sample_hierarchy(spec, loc, scale, group_sd, cell_levels):
     Population means ``Normal(loc, scale)``; with two or more factors a zero-sum effect per factor
     with spread ``HalfNormal(group_sd)`` (non-centred ``z_f``, or centred ``effect_f`` for the factors
     in ``spec.centered_factors``, with ``z_f = effect_f / sd_f`` recorded); cell effects with spread
-    ``HalfNormal(group_sd / 2)``, centred for ``spec.centered``, non-centred otherwise. Shared by every NumPyro model in
-    bayescale (loss laws here, bounded metrics in ``bayescale.metrics``); ``spec`` needs
+    ``HalfNormal(group_sd / 2)``, centred for ``spec.centered``, non-centred otherwise. Shared by every
+    NumPyro model in bayescale (loss laws here, bounded metrics in ``bayescale.metrics``); ``spec`` needs
     ``law_params``, ``groups``, ``levels``, ``cells`` and ``centered``.
     Usage: inside a model, ``theta = sample_hierarchy(spec, loc, scale, group_sd, cell_levels)``
     """

@@ -191,16 +191,16 @@ class ModelSpec:
         dense = float(np.median(per_curve)) >= CENTER_ALPHA_MIN_SCALES
         centered = law_def.params if dense else law_def.pinned
         cells = runs.cells()
+        levels = {g: runs.levels(g) for g in runs.groups}
         return cls(
-            scale=runs.scale, response=runs.response, groups=runs.groups,
-            levels={g: runs.levels(g) for g in runs.groups},
+            scale=runs.scale, response=runs.response, groups=runs.groups, levels=levels,
             cells=(tuple(tuple(r) for r in cells[list(runs.groups)].itertuples(index=False)) if runs.groups
                    else ((),)),  # a frame without columns iterates to no rows under some pandas versions
             log_x_ref=refs[0], grid=grids[0],
             priors=priors if priors is not None else default_priors(runs, log_x_ref=refs[0], law=law_def),
             likelihood=likelihood, law=law_def.name, centered=tuple(centered),
             covariates=columns, log_refs=tuple(refs), grids=tuple(grids),
-            factor_effects=crossed_effects(runs.groups, {g: runs.levels(g) for g in runs.groups}),
+            factor_effects=crossed_effects(runs.groups, levels),
         )
 
     @property
