@@ -94,24 +94,25 @@ def test_by_cell_layout_gives_the_same_log_density(law, likelihood):
     assert model_data(big_runs, ModelSpec.from_runs(big_runs))["pad_index"] is not None  # auto: by cell
 
 
+def _crossed(n: int, n_scales: int, seed: int):
+    """An n x n crossed design (factors "data", "eval") of simulated curves."""
+    df, _ = simulate_runs(n * n, np.geomspace(1e18, 1e21, n_scales), noise_sd=0.02, seed=seed)
+    codes = {f: i for i, f in enumerate(sorted(df["family"].unique()))}
+    df["data"] = df["family"].map(lambda f: "abc"[codes[f] // n])
+    df["eval"] = df["family"].map(lambda f: "xyz"[codes[f] % n])
+    return load_runs(df, scale="compute_flops", groups=["data", "eval"])
+
+
 def test_crossed_factors_with_two_levels_pool_the_curves_directly():
     """A 2 x 2 crossed design has no per-factor effects (a spread from one zero-sum degree of freedom does
     not mix); its curves are pooled directly, and unseen combinations still get a forecast."""
     from bayescale.spec import ModelSpec
 
-    df, _ = simulate_runs(4, np.geomspace(1e18, 1e21, 6), noise_sd=0.02, seed=2)
-    codes = {f: i for i, f in enumerate(sorted(df["family"].unique()))}
-    df["data"] = df["family"].map(lambda f: "ab"[codes[f] // 2])
-    df["eval"] = df["family"].map(lambda f: "xy"[codes[f] % 2])
-    runs = load_runs(df, scale="compute_flops", groups=["data", "eval"])
+    runs = _crossed(2, 6, seed=2)
     assert ModelSpec.from_runs(runs).factor_effects is False
     fit = fit_law(runs, settings=SMALL)
     assert "sd_data" not in fit.tree.posterior and "sd_cell" in fit.tree.posterior
     new = fit.forecast([1e22], group=("c", "x"))
     seen = fit.forecast([1e22], group=("a", "x"))
     assert (new["upper_90"] - new["lower_90"]).iloc[0] > (seen["upper_90"] - seen["lower_90"]).iloc[0]
-    df9, _ = simulate_runs(9, np.geomspace(1e18, 1e21, 4), noise_sd=0.02, seed=3)
-    codes9 = {f: i for i, f in enumerate(sorted(df9["family"].unique()))}
-    df9["data"] = df9["family"].map(lambda f: "abc"[codes9[f] // 3])
-    df9["eval"] = df9["family"].map(lambda f: "xyz"[codes9[f] % 3])
-    assert ModelSpec.from_runs(load_runs(df9, scale="compute_flops", groups=["data", "eval"])).factor_effects is True
+    assert ModelSpec.from_runs(_crossed(3, 4, seed=3)).factor_effects is True
