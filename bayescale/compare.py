@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import warnings
 
-import arviz as az
+import arviz_base
+import arviz_stats
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -46,8 +47,8 @@ def log_likelihood(fit: Fit) -> np.ndarray:
 def _with_log_likelihood(fit: Fit):
     tree = fit.tree
     if "log_likelihood" not in tree.children:
-        tree["log_likelihood"] = az.from_dict({"log_likelihood": {"obs": log_likelihood(fit)}},
-                                              dims={"obs": ["run"]})["log_likelihood"]
+        tree["log_likelihood"] = arviz_base.from_dict({"log_likelihood": {"obs": log_likelihood(fit)}},
+                                                      dims={"obs": ["run"]})["log_likelihood"]
     return tree
 
 
@@ -58,14 +59,15 @@ def loo(fit: Fit, name: str = "fit"):
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = az.loo(_with_log_likelihood(fit), pointwise=True)
+        res = arviz_stats.loo(_with_log_likelihood(fit), pointwise=True)
     k = np.asarray(res.pareto_k).ravel()
     bad = np.flatnonzero(k > PARETO_K_MAX)
     if bad.size:
         rows = fit.runs.data["row"].to_numpy()[bad] if "row" in fit.runs.data else bad
         warnings.warn(f"{name}: PSIS-LOO is unreliable for {bad.size} of {k.size} runs (Pareto k > {PARETO_K_MAX}; "
-                      f"input rows {[int(r) for r in rows[:10]]}): they are influential or the model misfits them. Check "
-                      "those runs, try likelihood='student_t', or use K-fold cross-validation (az.loo_kfold).",
+                      f"input rows {[int(r) for r in rows[:10]]}): they are influential or the model misfits them. "
+                      "Check those runs, try likelihood='student_t', or use K-fold cross-validation "
+                      "(arviz.loo_kfold).",
                       LOOWarning, stacklevel=2)
     return res
 
@@ -78,6 +80,6 @@ def compare_fits(fits: dict[str, Fit], round_to: int | str = "auto") -> pd.DataF
     Usage: ``compare_fits({"normal": fit_a, "student_t": fit_b})``
     """
     results = {name: loo(fit, name) for name, fit in fits.items()}
-    table = az.compare(results, round_to=round_to)
+    table = arviz_stats.compare(results, round_to=round_to)
     table["n_bad_pareto_k"] = [int(np.sum(np.asarray(results[n].pareto_k) > PARETO_K_MAX)) for n in table.index]
     return table

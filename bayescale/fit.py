@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import arviz as az
+import arviz_base
 import numpy as np
 import pandas as pd
 
@@ -309,8 +309,8 @@ def _add_posterior_predictive(tree, spec: ModelSpec, data: dict, seed: int):
     mean = fitted_means(post, spec, data)
     nu = post["nu"].values[..., None] if spec.likelihood == "student_t" else None
     obs = mean + new_run_noise(post["sigma"].values[..., None], nu, mean.shape, np.random.default_rng(seed))
-    tree["posterior_predictive"] = az.from_dict({"posterior_predictive": {"obs": obs}},
-                                                dims={"obs": ["run"]})["posterior_predictive"]
+    tree["posterior_predictive"] = arviz_base.from_dict({"posterior_predictive": {"obs": obs}},
+                                                        dims={"obs": ["run"]})["posterior_predictive"]
     return tree
 
 

@@ -15,12 +15,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import arviz as az
+import arviz_base
+import arviz_stats
 import jax
 import numpy as np
 import numpyro
 import pandas as pd
-from numpyro.infer import init_to_median
+from jax.flatten_util import ravel_pytree
+from numpyro.infer import init_to_mean, init_to_median
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import initialize_model
 
@@ -121,7 +123,7 @@ def diagnose(tree, settings: SamplerSettings, pareto_k: float | None = None) -> 
                            pareto_k=float(pareto_k))
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        table = az.summary(tree, kind="diagnostics", round_to="none")
+        table = arviz_stats.summary(tree, kind="diagnostics", round_to="none")
     table = table[["ess_bulk", "ess_tail", "r_hat"]].astype(float)
     steps = np.asarray(tree.sample_stats["n_steps"].values)
     return Diagnostics(
@@ -156,22 +158,36 @@ def _chain_method(settings: SamplerSettings) -> str:
     return "parallel" if jax.local_device_count() >= settings.chains > 1 else "vectorized"
 
 
+#: Chains start at the prior mean moved by Uniform(-INIT_JITTER, INIT_JITTER) in every unconstrained
+#: coordinate. The mean, not the median of 15 prior draws as before: drawing from the prior inside the
+#: sampling program doubled its compile time (flagship: 5.8 s vs 2.8 s), most of a cold start.
+INIT_JITTER = 1.0
+
+
+def _jittered(z: dict, key, potential_fn) -> dict:
+    """``z`` (unconstrained) plus Uniform(-INIT_JITTER, INIT_JITTER) noise, so that chains start apart;
+    ``z`` itself where the moved point has no finite log density."""
+    flat, unravel = ravel_pytree(z)
+    moved = flat + jax.random.uniform(key, flat.shape, flat.dtype, -INIT_JITTER, INIT_JITTER)
+    return unravel(jax.numpy.where(jax.numpy.isfinite(potential_fn(unravel(moved))), moved, flat))
+
+
 def _one_chain(model, settings: SamplerSettings, tick):
     """A pure function (rng_key, model kwargs) -> (samples, diverging, n_steps) for one NUTS chain.
 
-    Initialisation (``init_to_median``), warmup with step-size and diagonal (or dense) mass-matrix
-    adaptation, and the draws, all in one traceable function of the data: it can be jitted once
-    and reused, vmapped over data sets, or pmapped over chains.
+    Initialisation (the prior mean, jittered: ``_jittered``), warmup with step-size and diagonal (or
+    dense) mass-matrix adaptation, and the draws, all in one traceable function of the data: it can be
+    jitted once and reused, vmapped over data sets, or pmapped over chains.
     """
     def run(rng_key, kwargs):
-        key_init, key_run = jax.random.split(rng_key)
-        info = initialize_model(key_init, model, init_strategy=init_to_median(num_samples=15), dynamic_args=True,
-                                model_kwargs=kwargs)
+        key_init, key_jitter, key_run = jax.random.split(rng_key, 3)
+        info = initialize_model(key_init, model, init_strategy=init_to_mean, dynamic_args=True, model_kwargs=kwargs)
         init_kernel, sample_kernel = hmc(potential_fn_gen=info.potential_fn, algo="NUTS")
         dense = [tuple(sorted(info.param_info.z))] if settings.dense_mass else []
-        state = init_kernel(info.param_info, settings.warmup, target_accept_prob=settings.target_accept,
-                            dense_mass=dense, trajectory_length=None, max_tree_depth=settings.max_tree_depth,
-                            model_kwargs=kwargs, rng_key=key_run)
+        start = _jittered(info.param_info.z, key_jitter, info.potential_fn(**kwargs))
+        state = init_kernel(start, settings.warmup, target_accept_prob=settings.target_accept, dense_mass=dense,
+                            trajectory_length=None, max_tree_depth=settings.max_tree_depth, model_kwargs=kwargs,
+                            rng_key=key_run)
 
         def step(s, i):  # one loop over warmup and draws: the NUTS kernel is traced (and compiled) once
             s = tick(i, sample_kernel(s, model_kwargs=kwargs))
@@ -257,7 +273,7 @@ def _tree(samples: dict, diverging, n_steps, y, coords: dict, dims: dict):
         groups["sample_stats"] = {"diverging": np.asarray(diverging), "n_steps": np.asarray(n_steps)}
     if y is not None:
         groups["observed_data"] = {"obs": np.asarray(y)}
-    return az.from_dict(groups, coords=coords, dims={**dims, "obs": ["run"]})
+    return arviz_base.from_dict(groups, coords=coords, dims={**dims, "obs": ["run"]})
 
 
 def run_nuts(model, data: dict, settings: SamplerSettings, coords: dict, dims: dict, cache_key=None):

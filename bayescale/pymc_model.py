@@ -83,7 +83,7 @@ def run_pymc(spec: ModelSpec, data: dict, settings: SamplerSettings, coords: dic
     The DataTree has the same groups and names as ``bayescale.inference.run_nuts``'s.
     Usage: ``tree, timings = run_pymc(spec, data, SamplerSettings(engine="nutpie"), coords, dims)``
     """
-    import arviz as az
+    import arviz_base
 
     if settings.engine == "nutpie":
         import importlib.util
@@ -102,5 +102,5 @@ def run_pymc(spec: ModelSpec, data: dict, settings: SamplerSettings, coords: dic
     groups = {"posterior": {name: post[name].values for name in post.data_vars},
               "sample_stats": {"diverging": stats["diverging"].values, "n_steps": stats["n_steps"].values}}
     groups["observed_data"] = {"obs": np.asarray(data["y"])}
-    tree = az.from_dict(groups, coords=coords, dims={**dims, "obs": ["run"]})
+    tree = arviz_base.from_dict(groups, coords=coords, dims={**dims, "obs": ["run"]})
     return tree, timings

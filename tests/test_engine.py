@@ -116,3 +116,16 @@ def test_crossed_factors_with_two_levels_pool_the_curves_directly():
     seen = fit.forecast([1e22], group=("a", "x"))
     assert (new["upper_90"] - new["lower_90"]).iloc[0] > (seen["upper_90"] - seen["lower_90"]).iloc[0]
     assert ModelSpec.from_runs(_crossed(3, 4, seed=3)).factor_effects is True
+
+
+def test_chains_start_apart_near_the_prior_mean_and_only_where_the_density_is_finite():
+    import jax
+    import jax.numpy as jnp
+
+    z = {"a": jnp.zeros(3), "b": jnp.ones(2)}
+    starts = [inference._jittered(z, jax.random.PRNGKey(k), lambda v: jnp.sum(v["a"] ** 2)) for k in range(4)]
+    moved = np.array([np.concatenate([s["a"], s["b"] - 1.0]) for s in starts])
+    assert np.all(np.abs(moved) <= inference.INIT_JITTER) and np.all(np.abs(moved) > 0)
+    assert len({tuple(m) for m in moved}) == 4  # every chain starts elsewhere
+    stuck = inference._jittered(z, jax.random.PRNGKey(0), lambda v: jnp.inf)
+    assert all(np.array_equal(stuck[k], z[k]) for k in z)
