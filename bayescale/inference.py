@@ -187,7 +187,7 @@ def _one_chain(model, settings: SamplerSettings, tick):
         start = _jittered(info.param_info.z, key_jitter, info.potential_fn(**kwargs))
         state = init_kernel(start, settings.warmup, target_accept_prob=settings.target_accept, dense_mass=dense,
                             trajectory_length=None, max_tree_depth=settings.max_tree_depth, model_kwargs=kwargs,
-                            rng_key=key_run)
+                            regularize_mass_matrix=settings.regularize_mass_matrix, rng_key=key_run)
 
         def step(s, i):  # one loop over warmup and draws: the NUTS kernel is traced (and compiled) once
             s = tick(i, sample_kernel(s, model_kwargs=kwargs))
@@ -222,7 +222,8 @@ def _program(model, settings: SamplerSettings, method: str, batched: bool, cache
     key = None
     if cache_key is not None and not settings.progress_bar:
         key = (cache_key, settings.chains, settings.warmup, settings.draws, settings.target_accept,
-               settings.max_tree_depth, settings.dense_mass, settings.precision, method, batched)
+               settings.max_tree_depth, settings.dense_mass, settings.regularize_mass_matrix, settings.precision,
+               method, batched)
         if key in _PROGRAMS:
             return _PROGRAMS[key]
     chain = _one_chain(model, settings, tick)
