@@ -272,9 +272,9 @@ class SamplerSettings:
     #: shrink each adapted variance toward 1e-3 with weight 5 / (n + 5) (Stan's and NumPyro's default).
     #: False is often much faster on large loss tables: the shrinkage inflates the variances of parameters
     #: the data pin to an sd of ~0.01 or less, so the step size shrinks (8 simulated curves: 31 instead of
-    #: 62 leapfrog steps per draw at 1,000 runs; at 10,000 runs min bulk ESS 4356 in 27 s of sampling
-    #: instead of 1954 in 70 s). Not the default yet:
-    #: ObsScaling's metric fit then gave R-hat 1.016 (1.009 with it); see README "Engines side by side".
+    #: 62 leapfrog steps per draw at 1,000 runs; at 10,000 runs min bulk ESS 4356 in 24.5 s of sampling
+    #: instead of 1954 in 69.5 s). Not the default yet: ObsScaling's metric fit then gave R-hat 1.016
+    #: (1.009 with it) at seed 0; see README "Engines side by side".
     regularize_mass_matrix: bool = True
     seed: int = 0
     chain_method: Literal["auto", "vectorized", "parallel", "sequential"] = "auto"
