@@ -18,7 +18,8 @@ separated (``rpj,c4_val``), or ``factor=level`` pairs (``train_dataset=rpj,eval_
 
 Config files (``--config``, JSON or TOML) hold the options of ``fit`` as keys: ``runs``, ``out``,
 ``scale``, ``response``, ``groups`` (list or comma-separated string), ``query``, ``likelihood``,
-``seed``, ``chains``, ``warmup``, ``draws``, ``target_accept``, ``max_tree_depth``, ``progress``;
+``seed``, ``chains``, ``warmup``, ``draws``, ``target_accept``, ``max_tree_depth``,
+``regularize_mass_matrix`` (see ``SamplerSettings``), ``progress``;
 relative ``runs``/``out`` paths are relative to the config file; command line options win.
 
 Exit codes:
@@ -52,11 +53,13 @@ NEW = "(new)"  # same label as bayescale.fit.POPULATION
 
 _FIT_KEYS = {"runs": str, "out": str, "scale": str, "response": str, "groups": (list, str), "query": str,
              "likelihood": str, "seed": int, "chains": int, "warmup": int, "draws": int,
-             "target_accept": (float, int), "max_tree_depth": int, "progress": bool}
+             "target_accept": (float, int), "max_tree_depth": int, "regularize_mass_matrix": bool,
+             "progress": bool}
 _SAMPLER = SamplerSettings()  # the sampler's defaults live in one place
 _FIT_DEFAULTS = {"out": "fit.nc", "response": "loss", "groups": [], "query": None, "likelihood": "normal",
                  **{k: getattr(_SAMPLER, k) for k in ("seed", "chains", "warmup", "draws", "target_accept",
-                                                       "max_tree_depth")}, "progress": False}
+                                                       "max_tree_depth", "regularize_mass_matrix")},
+                 "progress": False}
 
 
 class CLIError(Exception):
@@ -167,6 +170,7 @@ def _cmd_fit(args) -> int:
     _print_warnings(caught)
     settings = SamplerSettings(chains=conf["chains"], warmup=conf["warmup"], draws=conf["draws"], seed=conf["seed"],
                                target_accept=float(conf["target_accept"]), max_tree_depth=conf["max_tree_depth"],
+                               regularize_mass_matrix=bool(conf["regularize_mass_matrix"]),
                                progress_bar=bool(conf["progress"]))
     n_curves = len(runs.cells())
     _say(f"sampling: {runs.n_rows} runs in {n_curves} curve(s), {settings.chains} chains x {settings.draws} "

@@ -149,12 +149,14 @@ def test_config_file_and_exit_code_0_when_converged(capsys, fitted, tmp_path, mo
     pd.read_csv(GADRE).astype({"compute_flops": float}).to_parquet(study / "runs.parquet")
     (study / "study.toml").write_text(
         'runs = "runs.parquet"\nout = "out/fit.nc"\nscale = "compute_flops"\ngroups = ["train_dataset"]\n'
-        f'query = "{QUERY}"\nlikelihood = "student_t"\nchains = 3\ndraws = 50\ntarget-accept = 0.9\n')
+        f'query = "{QUERY}"\nlikelihood = "student_t"\nchains = 3\ndraws = 50\ntarget-accept = 0.9\n'
+        'regularize_mass_matrix = false\n')
     code, out, err = run_main(capsys, "fit", "--config", study / "study.toml", "--seed", "7")
     assert code == 0, err
     runs, likelihood, settings = calls[0]
     assert runs.n_rows == 12 and likelihood == "student_t"
     assert (settings.chains, settings.draws, settings.seed, settings.target_accept) == (3, 50, 7, 0.9)
+    assert settings.regularize_mass_matrix is False
     assert (study / "out" / "fit.nc").is_file() and "diagnostics:" in out
 
     (study / "bad.json").write_text(json.dumps({"runs": "runs.parquet", "scale": "compute_flops", "chainz": 2}))
