@@ -170,9 +170,10 @@ class ModelSpec:
         """
         if likelihood not in ("normal", "student_t"):
             raise ValueError(f"likelihood must be 'normal' or 'student_t', got {likelihood!r}")
-        for g in runs.groups:
-            if len(runs.levels(g)) < 2:
-                raise ValueError(f"grouping column {g!r} has one level ({runs.levels(g)[0]!r}): there is nothing to "
+        levels = {g: runs.levels(g) for g in runs.groups}
+        for g, values in levels.items():
+            if len(values) < 2:
+                raise ValueError(f"grouping column {g!r} has one level ({values[0]!r}): there is nothing to "
                                  f"pool across, and a spread fitted from one curve does not mix; leave {g!r} out of "
                                  "groups (with no groups at all the table is fitted as one curve)")
         law_def = get_law(law)
@@ -191,7 +192,6 @@ class ModelSpec:
         dense = float(np.median(per_curve)) >= CENTER_ALPHA_MIN_SCALES
         centered = law_def.params if dense else law_def.pinned
         cells = runs.cells()
-        levels = {g: runs.levels(g) for g in runs.groups}
         return cls(
             scale=runs.scale, response=runs.response, groups=runs.groups, levels=levels,
             cells=(tuple(tuple(r) for r in cells[list(runs.groups)].itertuples(index=False)) if runs.groups
