@@ -170,7 +170,7 @@ def _cmd_fit(args) -> int:
     _print_warnings(caught)
     settings = SamplerSettings(chains=conf["chains"], warmup=conf["warmup"], draws=conf["draws"], seed=conf["seed"],
                                target_accept=float(conf["target_accept"]), max_tree_depth=conf["max_tree_depth"],
-                               regularize_mass_matrix=bool(conf["regularize_mass_matrix"]),
+                               regularize_mass_matrix=conf["regularize_mass_matrix"],
                                progress_bar=bool(conf["progress"]))
     n_curves = len(runs.cells())
     _say(f"sampling: {runs.n_rows} runs in {n_curves} curve(s), {settings.chains} chains x {settings.draws} "

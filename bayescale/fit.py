@@ -367,7 +367,7 @@ def fit_law(runs: RunTable, *, likelihood: str = "normal", priors: Priors | None
     ``fit_law(runs, law="chinchilla", likelihood="student_t")``
     """
     spec = spec or ModelSpec.from_runs(runs, likelihood=likelihood, priors=priors, law=law)
-    settings = settings or SamplerSettings()
+    settings = (settings or SamplerSettings()).resolved(loss_law=True)
     coords, dims = _coords_dims(spec)
     data = model_data(runs, spec)
     pareto_k = None
@@ -392,7 +392,7 @@ def fit_many(tables: Sequence[RunTable], *, likelihood: str = "normal", settings
     ``ConvergenceWarning`` messages; by default check ``fit.diagnostics.ok``.
     Usage: ``fits = fit_many([runs_a, runs_b], settings=SamplerSettings(seed=0))``
     """
-    settings = settings or SamplerSettings()
+    settings = (settings or SamplerSettings()).resolved(loss_law=True)
     if settings.engine != "numpyro":
         raise ValueError(f"fit_many samples with bayescale's NumPyro engine; got engine={settings.engine!r}")
     specs = [ModelSpec.from_runs(r, likelihood=likelihood, law=law) for r in tables]

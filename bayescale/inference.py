@@ -247,6 +247,9 @@ def _program(model, settings: SamplerSettings, method: str, batched: bool, cache
 
 def _sample(model, kwargs: dict, settings: SamplerSettings, cache_key, batch: int | None):
     """Run the compiled sampler; outputs by chain first: samples (chains[, batch], draws, ...)."""
+    if settings.regularize_mass_matrix is None:
+        raise ValueError("settings.regularize_mass_matrix is None: decide it first with "
+                         "settings.resolved(loss_law=...) (fit_law and fit_metric do)")
     numpyro.enable_x64(settings.precision == "float64")
     _use_compile_cache()
     method = _chain_method(settings)

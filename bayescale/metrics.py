@@ -523,7 +523,7 @@ def fit_metric(df: pd.DataFrame, *, x: str, metric: str = "metric", groups: Sequ
                           reference, centered_factors)
     if priors:
         spec = MetricSpec(**{**spec.__dict__, "priors": {**spec.priors, **priors}})
-    settings = settings or SamplerSettings()
+    settings = (settings or SamplerSettings()).resolved(loss_law=False)
     centered_idx, non_idx = _split(spec)
     coords = {"metric_param": list(spec.law_params), "cell": spec.cell_labels,
               "centered_param": [spec.law_params[i] for i in centered_idx],

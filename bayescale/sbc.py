@@ -105,7 +105,7 @@ def sbc(template: RunTable, *, law: str = "saturating", likelihood: str = "norma
     Usage: ``sbc(template, n_reps=200, seed=1).tests``
     """
     spec = spec or ModelSpec.from_runs(template, law=law, likelihood=likelihood)
-    settings = settings or SBC_SETTINGS
+    settings = (settings or SBC_SETTINGS).resolved(loss_law=True)
     numpyro.enable_x64(settings.precision == "float64")
     data = model_data(template, spec, with_response=False, layout="rows")  # prior draws of y by row
     prior = Predictive(build_model(spec), num_samples=n_reps)(jax.random.PRNGKey(seed), **data)

@@ -270,12 +270,14 @@ class SamplerSettings:
     max_tree_depth: int = 10
     dense_mass: bool = False  # adapt a dense mass matrix (helps strongly correlated posteriors; costs O(dim^2))
     #: shrink each adapted variance toward 1e-3 with weight 5 / (n + 5) (Stan's and NumPyro's default).
-    #: False is often much faster on large loss tables: the shrinkage inflates the variances of parameters
-    #: the data pin to an sd of ~0.01 or less, so the step size shrinks (8 simulated curves: 31 instead of
-    #: 62 leapfrog steps per draw at 1,000 runs; at 10,000 runs min bulk ESS 4356 in 24.5 s of sampling
-    #: instead of 1954 in 69.5 s). Not the default yet: ObsScaling's metric fit then gave R-hat 1.016
-    #: (1.009 with it) at seed 0; see README "Engines side by side".
-    regularize_mass_matrix: bool = True
+    #: None (default): off for loss laws (``fit_law``, ``fit_many``) in float64; on for metric fits
+    #: (``fit_metric``) and in float32. The shrinkage inflates the variances of parameters the data pin
+    #: to an sd of ~0.01 or less, so the step size shrinks: on large loss tables NUTS then needs 2x (1e3
+    #: runs) to 6x (1e4 runs) more time per effective draw. Without it, in float32, one chain of four
+    #: got stuck on 30 curves x 1,000 runs (1 leapfrog step per draw, every draw divergent; most likely a
+    #: zero variance from an early window with no accepted move); ObsScaling's metric fit mixes a little
+    #: better with it. See README "Engines side by side".
+    regularize_mass_matrix: bool | None = None
     seed: int = 0
     chain_method: Literal["auto", "vectorized", "parallel", "sequential"] = "auto"
     precision: Literal["float64", "float32"] = "float64"  # float32: faster on GPUs, less exact
@@ -283,3 +285,12 @@ class SamplerSettings:
     svi_steps: int = 20000  # engine="svi" (approximate, for very large tables): optimisation steps
     posterior_predictive: bool = True
     progress_bar: bool = False
+
+    def resolved(self, loss_law: bool) -> SamplerSettings:
+        """These settings with the per-model defaults decided (``regularize_mass_matrix``).
+
+        Usage: ``settings.resolved(loss_law=True).regularize_mass_matrix``
+        """
+        if self.regularize_mass_matrix is not None:
+            return self
+        return replace(self, regularize_mass_matrix=not (loss_law and self.precision == "float64"))

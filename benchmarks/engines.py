@@ -4,7 +4,8 @@ All in one run (each case in a fresh subprocess, so compilation and peak memory 
 
 (a) the same hierarchical model (bayescale's spec: reference parametrization, partial pooling over
     8 simulated curves) sampled by bayescale's engine (NumPyro NUTS, one compiled JAX program;
-    ``bayescale_noreg``: the same with ``SamplerSettings(regularize_mass_matrix=False)``),
+    ``bayescale_reg``: the same with ``SamplerSettings(regularize_mass_matrix=True)``, the default before
+    2026-11-26 for loss laws),
     by PyMC's NUTS (``build_pymc_model`` + ``pm.sample``) and by nutpie (same PyMC model);
 (b) bayescale end to end (``fit_law``) against what a user would otherwise write by hand: a
     straightforward PyMC model of ``L = L_inf + a * x^-alpha`` (centred normal hierarchies on
@@ -40,7 +41,7 @@ from dataclasses import replace
 import numpy as np
 
 N_CURVES = 8
-CASES = ("bayescale", "bayescale_noreg", "pymc", "nutpie", "handwritten")
+CASES = ("bayescale", "bayescale_reg", "pymc", "nutpie", "handwritten")
 
 
 def _table(rows: int, seed: int = 0):
@@ -87,9 +88,9 @@ def case(name: str, rows: int, warmup: int, draws: int) -> dict:
     runs = _table(rows)
     settings = SamplerSettings(warmup=warmup, draws=draws, posterior_predictive=False)
     warnings.simplefilter("ignore")
-    if name in ("bayescale", "bayescale_noreg"):
-        if name == "bayescale_noreg":  # the option SamplerSettings(regularize_mass_matrix=False)
-            settings = replace(settings, regularize_mass_matrix=False)
+    if name in ("bayescale", "bayescale_reg"):
+        if name == "bayescale_reg":  # the option SamplerSettings(regularize_mass_matrix=True)
+            settings = replace(settings, regularize_mass_matrix=True)
         t0 = time.perf_counter()
         fit = fit_law(runs, settings=settings)
         wall = time.perf_counter() - t0

@@ -33,7 +33,7 @@ N_CURVES = 100
 
 
 def one(rows: int, precision: str, seed: int = 0, warmup: int = 1000, draws: int = 1000, dense: bool = False,
-        engine: str = "numpyro", target_accept: float = 0.95) -> tuple[dict, object]:
+        engine: str = "numpyro", target_accept: float = 0.95, regularize: bool | None = None) -> tuple[dict, object]:
     per_curve = max(rows // N_CURVES, 3)
     df, _ = simulate_runs(N_CURVES, np.geomspace(1e18, 1e21, per_curve), noise_sd=0.01, seed=seed)
     runs = load_runs(df, scale="compute_flops", groups=["family"])
@@ -42,7 +42,8 @@ def one(rows: int, precision: str, seed: int = 0, warmup: int = 1000, draws: int
         warnings.simplefilter("always")
         fit = fit_law(runs, settings=SamplerSettings(seed=seed, precision=precision, posterior_predictive=False,
                                                      warmup=warmup, draws=draws, dense_mass=dense, engine=engine,
-                                                     target_accept=target_accept))
+                                                     target_accept=target_accept,
+                                                     regularize_mass_matrix=regularize))
     wall = time.perf_counter() - t0
     d, tm = fit.diagnostics, fit.timings
     if engine == "svi":
@@ -82,19 +83,24 @@ def main(argv=None) -> None:
     parser.add_argument("--svi", action="store_true", help="also the approximate SVI path, with its error vs NUTS")
     parser.add_argument("--layout", default="auto", choices=["auto", "rows"],
                         help="data layout for sampling: auto (by cell from 1e3 rows) or rows (per-row gather/scatter)")
+    parser.add_argument("--regularize", default="default", choices=["default", "on", "off"],
+                        help="mass-matrix shrinkage (SamplerSettings.regularize_mass_matrix): the default (off for float64 "
+                             "loss laws), on, or off")
     args = parser.parse_args(argv)
+    regularize = {"default": None, "on": True, "off": False}[args.regularize]
     if args.layout == "rows":
         bayescale.model.BY_CELL_MIN_ROWS = 10**15
     import jax
     print(f"bayescale {bayescale.__version__ if hasattr(bayescale, '__version__') else ''} jax {jax.__version__}; "
           f"devices {jax.devices()}; {platform.processor() or platform.machine()}; 4 chains x ({args.warmup} + "
-          f"{args.draws}), target_accept {args.target_accept}{', dense mass' if args.dense else ''}, layout {args.layout}")
+          f"{args.draws}), target_accept {args.target_accept}{', dense mass' if args.dense else ''}, layout {args.layout}, "
+          f"mass-matrix shrinkage {args.regularize}")
     print(f"{'rows':>8s} {'prec':>8s} {'fit_law s':>9s} {'sampling':>8s} {'compile':>7s} {'steps':>6s} "
           f"{'minESS':>7s} {'ESS/s':>7s} {'ESS/s-JIT':>9s} {'R-hat':>6s} {'div':>4s}", flush=True)
     for rows in (int(float(r)) for r in args.rows.split(",")):
         for precision in args.precision.split(","):
             r, fit = one(rows, precision, warmup=args.warmup, draws=args.draws, dense=args.dense,
-                         target_accept=args.target_accept)
+                         target_accept=args.target_accept, regularize=regularize)
             print(f"{r['rows']:8d} {precision:>8s} {r['fit_law_s']:9.1f} {r['sampling_s']:8.1f} {r['compile_s']:7.1f} "
                   f"{r['mean_steps']:6.0f} {r['min_ess_bulk']:7.0f} {r['ess_per_s']:7.1f} {r['ess_per_s_no_jit']:9.1f} "
                   f"{r['max_rhat']:6.3f} {r['divergences']:4d}", flush=True)

@@ -1,6 +1,7 @@
 """The inference engine: compiled-sampler reuse, batched fits (fit_many), the approximate SVI path."""
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,6 +29,24 @@ def test_refit_same_shape_compiles_nothing_and_uses_the_new_numbers():
     fresh = fit_law(other, settings=SMALL)
     for name in ("mu", "sigma", "cell_centered"):
         assert np.array_equal(reused.tree.posterior[name].values, fresh.tree.posterior[name].values), name
+
+
+def test_mass_matrix_shrinkage_is_decided_per_model_and_reaches_the_sampler():
+    """None -> off for loss laws in float64, on in float32 and for metric fits; a fit records the value
+    it used; the engine refuses an undecided value; the two choices give different draws."""
+    assert SamplerSettings().resolved(loss_law=True).regularize_mass_matrix is False
+    assert SamplerSettings(precision="float32").resolved(loss_law=True).regularize_mass_matrix is True
+    assert SamplerSettings().resolved(loss_law=False).regularize_mass_matrix is True
+    assert SamplerSettings(regularize_mass_matrix=True).resolved(loss_law=True).regularize_mass_matrix is True
+    with pytest.raises(ValueError, match="resolved"):
+        inference.run_nuts(None, {}, SamplerSettings(), {}, {})
+    table = _table(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        default = fit_law(table, settings=SMALL)
+        shrunk = fit_law(table, settings=replace(SMALL, regularize_mass_matrix=True))
+    assert default.settings.regularize_mass_matrix is False and shrunk.settings.regularize_mass_matrix is True
+    assert not np.array_equal(default.tree.posterior["sigma"].values, shrunk.tree.posterior["sigma"].values)
 
 
 def test_fit_many_matches_separate_fits():
