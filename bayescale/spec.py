@@ -280,7 +280,7 @@ class SamplerSettings:
     regularize_mass_matrix: bool | None = None
     seed: int = 0
     chain_method: Literal["auto", "vectorized", "parallel", "sequential"] = "auto"
-    precision: Literal["float64", "float32"] = "float64"  # float32: faster on GPUs, less exact
+    precision: Literal["float64", "float32"] = "float64"  # float32: less exact, no faster on an H200 (README)
     engine: Literal["numpyro", "pymc", "nutpie", "svi"] = "numpyro"  # pymc/nutpie: bayescale.pymc_model
     svi_steps: int = 20000  # engine="svi" (approximate, for very large tables): optimisation steps
     posterior_predictive: bool = True
