@@ -49,6 +49,16 @@ def test_mass_matrix_shrinkage_is_decided_per_model_and_reaches_the_sampler():
     assert not np.array_equal(default.tree.posterior["sigma"].values, shrunk.tree.posterior["sigma"].values)
 
 
+def test_large_tables_with_parallel_cpu_chains_warn_about_memory(monkeypatch):
+    monkeypatch.setattr(inference, "CPU_PARALLEL_MEMORY_ROWS", 10)  # the real threshold is 50,000 runs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_law(_table(0), settings=SMALL)
+        fit_law(_table(0), settings=replace(SMALL, chain_method="vectorized"))
+    memory = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert len(memory) == 1 and "chain_method='vectorized'" in str(memory[0].message), memory
+
+
 def test_fit_many_matches_separate_fits():
     tables = [_table(s, n_groups=1) for s in range(3)]
     with warnings.catch_warnings():
