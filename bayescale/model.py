@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import pandas as pd
 from numpyro.distributions.transforms import ZeroSumTransform
 
 from .runs import RunTable
@@ -57,12 +58,7 @@ def model_data(runs: RunTable, spec: ModelSpec, with_response: bool = True, layo
     """
     if layout not in ("auto", "rows", "by_cell"):
         raise ValueError(f"layout must be 'auto', 'rows' or 'by_cell', got {layout!r}")
-    cell_index = {c: k for k, c in enumerate(spec.cells)}
-    if spec.groups:
-        keys = runs.data[list(spec.groups)].itertuples(index=False, name=None)
-        cell = np.array([cell_index[tuple(k)] for k in keys], dtype=np.int64)
-    else:
-        cell = np.zeros(runs.n_rows, dtype=np.int64)
+    cell = _cell_of_rows(runs, spec)
     law = spec.law_def
     out = {name: x - ref for name, x, ref in zip(law.covariates, law_log_covariates(runs, law), spec.law_log_refs)}
     out.update({"cell": cell, "cell_levels": spec.cell_level_codes()})
@@ -81,6 +77,21 @@ def model_data(runs: RunTable, spec: ModelSpec, with_response: bool = True, layo
         out["pad_mask"] = np.zeros((counts.size, width), dtype=bool)
         out["pad_mask"][cell[order], pos] = True
     return out
+
+
+def _cell_of_rows(runs: RunTable, spec: ModelSpec) -> np.ndarray:
+    """Index into ``spec.cells`` of each run (one hashed lookup, not a Python loop over rows)."""
+    if not spec.groups:
+        return np.zeros(runs.n_rows, dtype=np.int64)
+    cells = pd.MultiIndex.from_tuples(spec.cells, names=list(spec.groups))
+    cell = cells.get_indexer(pd.MultiIndex.from_frame(runs.data[list(spec.groups)]))
+    if (cell < 0).any():
+        i = int(np.flatnonzero(cell < 0)[0])
+        values = tuple(runs.data[list(spec.groups)].iloc[i])
+        row = int(runs.data["row"].iloc[i]) if "row" in runs.data else i  # the input file's data row
+        raise ValueError(f"row {row}: columns {list(spec.groups)} = {values} is not one of the model's curves "
+                         f"({len(spec.cells)} cells, e.g. {spec.cells[0]})")
+    return cell.astype(np.int64)
 
 
 def prior_arrays(spec: ModelSpec) -> dict:
@@ -189,7 +200,7 @@ def sample_hierarchy(spec, loc, scale, group_sd, cell_levels):
             for factor in spec.groups:
                 draws[f"sd_{factor}"] = numpyro.sample(f"sd_{factor}", dist.HalfNormal(group_sd).to_event(1))
                 n_levels = len(spec.levels[factor])
-                if factor in getattr(spec, "centered_factors", ()):  # data-rich levels: sample the effects
+                if factor in spec.centered_factors:  # data-rich levels: sample the effects
                     sd = draws[f"sd_{factor}"][:, None]
                     zero_sum = dist.TransformedDistribution(  # ZeroSumNormal(sd_p) for each law parameter p
                         dist.Normal(0.0, sd).expand((n_par, n_levels - 1)).to_event(1), ZeroSumTransform(1))

@@ -61,8 +61,9 @@ class RunTable:
         codes = self.codes()
         if not self.groups:
             return codes[:1], np.zeros(self.n_rows, np.int64), np.array([self.n_rows])
-        uniq, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
-        return uniq, inverse.reshape(-1).astype(np.int64), counts
+        radix = tuple(len(self.levels(g)) for g in self.groups)  # one integer per row, same (lexicographic) order
+        keys, inverse, counts = np.unique(np.ravel_multi_index(codes.T, radix), return_inverse=True, return_counts=True)
+        return np.column_stack(np.unravel_index(keys, radix)), inverse.reshape(-1).astype(np.int64), counts
 
     def cells(self) -> pd.DataFrame:
         """One row per observed level combination (sorted) plus "n_points". Usage: ``runs.cells()``."""

@@ -156,6 +156,7 @@ class ModelSpec:
     log_refs: tuple[float, ...] = ()            # empty: (log_x_ref,)
     grids: tuple[tuple[float, ...], ...] = ()   # empty: (grid,)
     factor_effects: bool | None = None          # crossed-factor effects; None: two or more factors (old fits)
+    centered_factors: tuple[str, ...] = ()      # factors whose effects are sampled centred (metric fits use it)
 
     @classmethod
     def from_runs(cls, runs: RunTable, *, likelihood: str = "normal", priors: Priors | None = None,
@@ -260,7 +261,9 @@ class SamplerSettings:
 
     Same seed and same data give identical draws. ``chain_method``: "auto" runs chains in
     parallel when JAX has one device per chain (on CPU bayescale asks XLA for 4 host devices
-    at import), else "vectorized" (one device, e.g. a single GPU); "sequential" also works.
+    at import), else "vectorized" (one device, e.g. a single GPU); on CPU, tables of >= 50,000
+    runs get "sequential" (every chain on one device, dispatched at once: parallel host devices
+    leaked memory there, ``inference.CPU_PARALLEL_MEMORY_ROWS``).
     """
 
     chains: int = 4

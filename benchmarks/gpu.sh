@@ -11,9 +11,8 @@ B="$py benchmarks/large_tables.py --warmup 1000 --draws 1000 --target-accept 0.9
 run() { local t=$1; shift; echo "== timeout $t $*"; timeout "$t" "$@"; echo "-> rc $?"; }
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  run 120 $py benchmarks/step_cost.py --rows 1e5,1e6 --precision float64  # where a step's time goes
   run 130 $B --rows 1e6 --precision float64
   run 80 $B --rows 1e5 --precision float64
-  run 80 $B --rows 1e5 --precision float64 --regularize on
   run 160 $py benchmarks/engines.py --only-many --n-fits 100 --loop-fits 5 --timeout 50
-  run 60 $B --rows 1e6 --precision float32
 } 2>&1 | tee "$log"

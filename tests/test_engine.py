@@ -49,14 +49,26 @@ def test_mass_matrix_shrinkage_is_decided_per_model_and_reaches_the_sampler():
     assert not np.array_equal(default.tree.posterior["sigma"].values, shrunk.tree.posterior["sigma"].values)
 
 
-def test_large_tables_with_parallel_cpu_chains_warn_about_memory(monkeypatch):
+def test_large_cpu_tables_run_chains_on_one_device_and_explicit_parallel_warns(monkeypatch):
     monkeypatch.setattr(inference, "CPU_PARALLEL_MEMORY_ROWS", 10)  # the real threshold is 50,000 runs
+    auto = SamplerSettings()
+    assert inference._chain_method(auto, 9) == "parallel" and inference._chain_method(auto, 10) == "sequential"
+    assert inference._chain_method(replace(auto, chain_method="parallel"), 10) == "parallel"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit_law(_table(0), settings=SMALL)
-        fit_law(_table(0), settings=replace(SMALL, chain_method="vectorized"))
+        one_device = fit_law(_table(0), settings=SMALL)
+        parallel = fit_law(_table(0), settings=replace(SMALL, chain_method="parallel"))
     memory = [w for w in caught if issubclass(w.category, ResourceWarning)]
-    assert len(memory) == 1 and "chain_method='vectorized'" in str(memory[0].message), memory
+    assert len(memory) == 1 and "chain_method='auto'" in str(memory[0].message), memory
+    # the same posterior wherever the chains run (not the same draws: the programs differ in rounding,
+    # which NUTS amplifies): means within 4 Monte Carlo standard errors, from each fit's bulk ESS
+    for name in ("alpha[A]", "alpha[B]", "loss_floor[A]", "sigma"):
+        var, _, level = name.partition("[")
+        draws = [f.tree.posterior[var].sel({f.tree.posterior[var].dims[-1]: level[:-1]}) if level
+                 else f.tree.posterior[var] for f in (one_device, parallel)]
+        se2 = [float(d.values.var()) / f.diagnostics.table.loc[name, "ess_bulk"]
+               for d, f in zip(draws, (one_device, parallel))]
+        assert abs(float(draws[0].mean()) - float(draws[1].mean())) < 4 * np.sqrt(sum(se2)), name
 
 
 def test_fit_many_matches_separate_fits():

@@ -157,3 +157,16 @@ def test_student_t_likelihood_and_one_group_fit(sim_df):
         fit.forecast([1e22], group="A")
     with pytest.raises(ValueError, match="likelihood must be"):
         fit_law(runs, likelihood="cauchy")
+
+
+def test_model_data_codes_each_run_by_the_specs_curves_and_names_a_stranger():
+    from bayescale.model import model_data
+    from bayescale.spec import ModelSpec
+
+    df, _ = simulate_runs(3, np.geomspace(1e18, 1e21, 4), noise_sd=0.01, seed=0)
+    runs = load_runs(df, scale="compute_flops", groups=["family"])
+    data = model_data(runs, ModelSpec.from_runs(runs))
+    np.testing.assert_array_equal(data["cell"], runs.cell_codes())
+    fewer = runs.subset(runs.data["family"] != runs.data["family"].iloc[-1])
+    with pytest.raises(ValueError, match=r"row 8: columns \['family'\] = \('C',\) is not one of the model's curves"):
+        model_data(runs, ModelSpec.from_runs(fewer))
