@@ -10,7 +10,8 @@ curves, rows/100 scales each):
   ``--warmup`` + 2 x ``--draws``). Their warmups and first draws are identical, so the difference of
   their sampling times (compilation excluded) over the difference of their leapfrog steps is the
   cost of a step. The vectorized chains step together, so an iteration counts the largest tree of
-  the 4.
+  the 4. Trees are capped at ``--max-tree-depth`` (default 6: 63 steps), which bounds the run time
+  and leaves the cost of a step as it is.
 
 A step that costs many gradients means the sampler's own work (tree building, many small kernels)
 sets the speed, not the arithmetic over rows: on a GPU that is what to shrink for the 1e6-row
@@ -67,14 +68,15 @@ def gradient_seconds(runs, precision: str, evals: int) -> float:
     return (time.perf_counter() - t0) / evals
 
 
-def step_seconds(runs, precision: str, warmup: int, draws: int) -> tuple[float, float, float]:
+def step_seconds(runs, precision: str, warmup: int, draws: int, depth: int) -> tuple[float, float, float]:
     """(seconds per leapfrog step, steps per iteration, sampling seconds of the longer fit)."""
     out = []
     for n in (draws, 2 * draws):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit = fit_law(runs, settings=SamplerSettings(warmup=warmup, draws=n, precision=precision,
-                                                         chain_method="vectorized", posterior_predictive=False))
+                                                         chain_method="vectorized", posterior_predictive=False,
+                                                         max_tree_depth=depth))
         steps = np.asarray(fit.tree.sample_stats["n_steps"].values).max(axis=0)  # per iteration, largest chain
         out.append((fit.timings["sampling"] - fit.timings["compile"], steps))
     (t1, s1), (t2, s2) = out
@@ -91,6 +93,7 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--draws", type=int, default=100)
     parser.add_argument("--evals", type=int, default=200)
+    parser.add_argument("--max-tree-depth", type=int, default=6)
     args = parser.parse_args(argv)
     dev = jax.devices()[0]
     print(f"device: {dev.platform} {dev.device_kind} ({platform.node()}); jax {jax.__version__}; "
@@ -102,7 +105,8 @@ def main(argv=None) -> None:
         runs = load_runs(df, scale="compute_flops", groups=["family"])
         for precision in args.precision.split(","):
             grad = gradient_seconds(runs, precision, args.evals)
-            step, per_iteration, run_s = step_seconds(runs, precision, args.warmup, args.draws)
+            step, per_iteration, run_s = step_seconds(runs, precision, args.warmup, args.draws,
+                                                      args.max_tree_depth)
             print(f"{len(df):>9} {precision:>9} {1e3 * grad:>11.3f} {1e3 * step:>8.3f} {step / grad:>9.1f} "
                   f"{per_iteration:>10.0f} {run_s:>10.1f}", flush=True)
 
