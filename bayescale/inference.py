@@ -162,8 +162,12 @@ _PROGRAMS: dict = {}
 CPU_PARALLEL_MEMORY_ROWS = 50_000
 
 
+def _cpu_table_too_large_for_parallel(n_rows: int) -> bool:
+    return jax.default_backend() == "cpu" and n_rows >= CPU_PARALLEL_MEMORY_ROWS
+
+
 def _warn_cpu_memory(method: str, n_rows: int) -> None:
-    if method == "parallel" and jax.default_backend() == "cpu" and n_rows >= CPU_PARALLEL_MEMORY_ROWS:
+    if method == "parallel" and _cpu_table_too_large_for_parallel(n_rows):
         warnings.warn(f"{n_rows:,} runs with parallel chains on CPU: at 100,000 runs their memory grew by about "
                       "50 MB/s until the process was killed. Use SamplerSettings(chain_method='auto') (or "
                       "'sequential': flat memory) or a GPU.", ResourceWarning, stacklevel=4)
@@ -174,7 +178,7 @@ def _chain_method(settings: SamplerSettings, n_rows: int) -> str:
     tables of >= ``CPU_PARALLEL_MEMORY_ROWS`` runs), else vectorized. Usage: ``_chain_method(settings, len(y))``"""
     if settings.chain_method != "auto":
         return settings.chain_method
-    if jax.default_backend() == "cpu" and n_rows >= CPU_PARALLEL_MEMORY_ROWS:
+    if _cpu_table_too_large_for_parallel(n_rows):
         return "sequential"
     return "parallel" if jax.local_device_count() >= settings.chains > 1 else "vectorized"
 

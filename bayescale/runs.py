@@ -61,7 +61,8 @@ class RunTable:
         codes = self.codes()
         if not self.groups:
             return codes[:1], np.zeros(self.n_rows, np.int64), np.array([self.n_rows])
-        radix = tuple(len(self.levels(g)) for g in self.groups)  # one integer per row, same (lexicographic) order
+        radix = tuple(codes.max(axis=0) + 1)  # levels come from these rows, so every level occurs; one integer
+        # per row, in the same (lexicographic) order as the rows of codes
         keys, inverse, counts = np.unique(np.ravel_multi_index(codes.T, radix), return_inverse=True, return_counts=True)
         return np.column_stack(np.unravel_index(keys, radix)), inverse.reshape(-1).astype(np.int64), counts
 
