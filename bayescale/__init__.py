@@ -21,6 +21,7 @@ if "jax" not in _sys.modules:
     _os.environ["XLA_FLAGS"] = _flags.strip()
 
 from .fit import Fit, fit_law, fit_many  # noqa: E402
+from .backtest import backtest, calibrate_extrapolation
 from .design import rank_candidates
 from .inference import ConvergenceWarning, Diagnostics
 from .io import load_fit, save_fit
@@ -29,4 +30,4 @@ from .spec import ModelSpec, Priors, SamplerSettings
 
 __all__ = ["load_runs", "RunTable", "RunTableError", "fit_law", "fit_many", "Fit", "ModelSpec", "Priors",
            "SamplerSettings", "Diagnostics", "ConvergenceWarning", "save_fit", "load_fit",
-           "rank_candidates"]
+           "rank_candidates", "backtest", "calibrate_extrapolation"]

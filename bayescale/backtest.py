@@ -4,6 +4,9 @@ Methods in one table (``Backtest.table``), all fitted on the same training runs:
 
 - ``bayescale``: the hierarchical fit (``fit_law``); median of the law, predictive bands of a new
   run, log predictive density averaged over posterior draws;
+- ``bayescale_calibrated``: the same fit, its bands widened by the extrapolation error learned from
+  the training runs alone (``calibrate_extrapolation``: a second backtest inside the training runs,
+  holding out each group's largest training scale; ``bayescale.extrapolation``);
 - ``curve_fit``: ``scipy.optimize.curve_fit`` per group with delta-method bands (Student-t with the
   residual degrees of freedom; ``bayescale.baselines``); one-variable law only;
 - ``huber``: the Huber-loss (delta 1e-3 on log loss) L-BFGS-B grid fit of Hoffmann et al. (2022) /
@@ -26,6 +29,7 @@ Usage:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,14 +38,16 @@ import pandas as pd
 from scipy import special, stats
 
 from .baselines import _predict, curve_fit_group, huber_bootstrap
-from .fit import Fit, fit_law
+from .extrapolation import ExtrapolationCalibration, predictive_logpdf, tau_posterior
+from .fit import Fit, extrapolation_distance, fit_law
+from .inference import ConvergenceWarning
 from .runs import RunTable
-from .spec import SamplerSettings
+from .spec import Priors, SamplerSettings
 
-__all__ = ["backtest", "Backtest", "holdout_mask", "score_predictions", "METHODS"]
+__all__ = ["backtest", "Backtest", "calibrate_extrapolation", "holdout_mask", "score_predictions", "METHODS"]
 
 #: Methods of a backtest, in table order.
-METHODS = ("bayescale", "curve_fit", "huber", "huber_bootstrap")
+METHODS = ("bayescale", "bayescale_calibrated", "curve_fit", "huber", "huber_bootstrap")
 
 _INTERVALS = (0.5, 0.8, 0.9)
 
@@ -89,6 +95,7 @@ class Backtest:
     n_train: int
     n_heldout: int
     notes: list = field(default_factory=list)
+    calibration: ExtrapolationCalibration | None = None
 
     def to_markdown(self, label: str | None = None) -> str:
         """The score table as a markdown table (optionally with a leading ``dataset`` column)."""
@@ -128,22 +135,30 @@ def _group_keys(runs: RunTable, data: pd.DataFrame):
     return list(data.groupby(list(runs.groups)).groups.items()) if runs.groups else [((), data.index)]
 
 
-def _bayes_predictions(fit: Fit, runs: RunTable, heldout: pd.DataFrame, intervals, seed: int) -> pd.DataFrame:
-    spec, rows = fit.spec, []
-    sigma = fit._flat("sigma")[:, None]
-    nu = fit._flat("nu")[:, None] if spec.likelihood == "student_t" else None
+def _heldout_groups(fit: Fit, runs: RunTable, heldout: pd.DataFrame):
+    """Per held-out group: (index, group, scales, observed losses), as ``Fit.forecast`` takes them."""
+    cols = fit.spec.covariate_columns
     for key, idx in _group_keys(runs, heldout):
         part = heldout.loc[idx]
-        cols = spec.covariate_columns
         scales = part[cols[0]].to_numpy(float) if len(cols) == 1 else {c: part[c].to_numpy(float) for c in cols}
-        group = None if not spec.groups else (key if isinstance(key, tuple) else (key,))
-        fc = fit.forecast(scales, group=group, intervals=intervals, seed=seed)
+        group = None if not fit.spec.groups else (key if isinstance(key, tuple) else (key,))
+        yield idx, group, scales, part[runs.response].to_numpy(float)
+
+
+def _noise_draws(fit: Fit):
+    sigma = fit._flat("sigma")[:, None]
+    return sigma, (fit._flat("nu")[:, None] if fit.spec.likelihood == "student_t" else None)
+
+
+def _bayes_predictions(fit: Fit, runs: RunTable, heldout: pd.DataFrame, intervals, seed: int,
+                       calibration: ExtrapolationCalibration | None = None) -> pd.DataFrame:
+    rows, (sigma, nu) = [], _noise_draws(fit)
+    rng = np.random.default_rng(seed)
+    for idx, group, scales, y in _heldout_groups(fit, runs, heldout):
+        fc = fit.forecast(scales, group=group, intervals=intervals, seed=seed, calibration=calibration)
         mu = fit.law_draws(scales, group=group, seed=seed)  # (S, n)
-        y = part[runs.response].to_numpy(float)
-        if nu is None:
-            logp = stats.norm.logpdf(y[None, :], mu, sigma)
-        else:
-            logp = stats.t.logpdf(y[None, :], nu, mu, sigma)
+        tau = 0.0 if calibration is None else calibration.draws(mu.shape[0], rng)[:, None]
+        logp = predictive_logpdf(y, mu, sigma, nu, extrapolation_distance(fc["scale_over_max_fitted"]), tau)
         frame = {"y": y, "median": fc["median"].to_numpy()}
         for mass in intervals:
             tag = f"{round(100 * mass):d}"
@@ -152,6 +167,46 @@ def _bayes_predictions(fit: Fit, runs: RunTable, heldout: pd.DataFrame, interval
         frame["lpd"] = special.logsumexp(logp, axis=0) - np.log(logp.shape[0])
         rows.append(pd.DataFrame(frame, index=idx))
     return pd.concat(rows).loc[heldout.index]
+
+
+def calibrate_extrapolation(runs: RunTable, *, law: str = "saturating", likelihood: str = "normal",
+                            priors: Priors | None = None, settings: SamplerSettings | None = None,
+                            holdout: int | float | np.ndarray = 1, prior_scale: float = 0.05,
+                            grid_size: int = 801) -> ExtrapolationCalibration:
+    """Learn the law's extrapolation error from the runs themselves (a backtest inside the data).
+
+    Refits without ``holdout`` (default: each group's largest scale), forecasts those runs at their
+    distance beyond the refit's data, and returns the posterior of ``tau`` (relative sd per e-fold,
+    see ``bayescale.extrapolation``). ``prior_scale``: sd of tau's half-normal prior (0.05, i.e. a
+    law off by about 11% per decade of extrapolation is one prior sd). Pass the result to
+    ``Fit.forecast(..., calibration=cal)`` of a fit on all of ``runs``.
+    Usage: ``cal = calibrate_extrapolation(runs); print(cal)``
+    """
+    mask = holdout_mask(runs, holdout)
+    if mask.all() or not mask.any():
+        raise ValueError(f"holdout={holdout!r} holds out {int(mask.sum())} of {len(mask)} runs; need some of each")
+    fit = fit_law(runs.subset(~mask), law=law, likelihood=likelihood, priors=priors, settings=settings)
+    sigma, nu = _noise_draws(fit)
+    ys, mus, dists = [], [], []
+    for _, group, scales, y in _heldout_groups(fit, runs, runs.data[mask]):
+        ratio = fit.forecast(scales, group=group, intervals=())["scale_over_max_fitted"]
+        ys.append(y)
+        mus.append(fit.law_draws(scales, group=group))
+        dists.append(extrapolation_distance(ratio))
+    y, mu, dist = np.concatenate(ys), np.concatenate(mus, axis=1), np.concatenate(dists)
+    if not fit.diagnostics.ok:
+        warnings.warn(f"the refit without the held-out scales (which the extrapolation error is learned from) did not pass "
+                      f"the convergence checks ({fit.diagnostics.max_rhat:.3f} max R-hat, "
+                      f"{fit.diagnostics.n_divergent} divergences): treat the calibrated bands with caution",
+                      ConvergenceWarning, stacklevel=2)
+    if not np.any(dist > 0):
+        warnings.warn("no held-out run lies beyond its refit's largest scale, so the data say nothing about the "
+                      "extrapolation error: its posterior is the prior", UserWarning, stacklevel=2)
+    grid = np.linspace(0.0, 20 * prior_scale, grid_size)
+    weights = tau_posterior(y, mu, sigma, nu, dist, prior_scale, grid)
+    return ExtrapolationCalibration(grid=grid, weights=weights, prior_scale=prior_scale, n_runs=len(y),
+                                    distance_range=(float(dist.min()), float(dist.max())),
+                                    diagnostics=fit.diagnostics)
 
 
 def _empty(index, intervals) -> pd.DataFrame:
@@ -212,13 +267,14 @@ def _huber_predictions(runs, train, heldout, columns, intervals, n_boot, seed) -
 def backtest(runs: RunTable, *, law: str = "saturating", holdout: int | float | np.ndarray = 1,
              likelihood: str = "normal", settings: SamplerSettings | None = None,
              methods: Sequence[str] = METHODS, n_boot: int = 200, intervals: Sequence[float] = _INTERVALS,
-             seed: int = 0) -> Backtest:
+             calibration_holdout: int | float = 1, seed: int = 0) -> Backtest:
     """Fit on all but the held-out (largest) scales, forecast the held-out runs, score every method.
 
     ``holdout``: top-k distinct scales per group (``int``), a scale cut (``float``: scale > cut is
     held out) or a boolean mask (see ``holdout_mask``). ``law``: ``"saturating"`` or
     ``"chinchilla"`` (curve_fit is skipped for the two-variable law). ``methods``: any of
-    ``METHODS``; ``n_boot``: bootstrap replicates of the Huber fit.
+    ``METHODS``; ``n_boot``: bootstrap replicates of the Huber fit; ``calibration_holdout``: what
+    ``bayescale_calibrated`` holds out of the training runs to learn the extrapolation error.
     Usage: ``bt = backtest(runs, holdout=2, settings=SamplerSettings(seed=1)); print(bt.table)``
     """
     unknown = set(methods) - set(METHODS)
@@ -233,6 +289,14 @@ def backtest(runs: RunTable, *, law: str = "saturating", holdout: int | float | 
     preds, notes = {}, []
     if "bayescale" in methods:
         preds["bayescale"] = _bayes_predictions(fit, runs, heldout, intervals, seed)
+    calibration = None
+    if "bayescale_calibrated" in methods:
+        calibration = calibrate_extrapolation(train, law=law, likelihood=likelihood, settings=settings,
+                                              holdout=calibration_holdout)
+        preds["bayescale_calibrated"] = _bayes_predictions(fit, runs, heldout, intervals, seed, calibration)
+        notes.append(str(calibration))
+        if not calibration.diagnostics.ok:
+            notes.append(f"the extrapolation-error refit did not pass the convergence checks: {calibration.diagnostics}")
     if "curve_fit" in methods:
         if len(columns) == 1:
             preds["curve_fit"] = _curve_fit_predictions(runs, train.data, heldout, intervals)
@@ -254,4 +318,4 @@ def backtest(runs: RunTable, *, law: str = "saturating", holdout: int | float | 
     first = ["method", "n_scored", "n_failed", "median_abs_rel_err_%", "mean_abs_rel_err_%"]
     table = table[first + [c for c in table.columns if c not in first]]
     return Backtest(table=table, predictions=pd.concat(frames, ignore_index=True), fit=fit, n_train=train.n_rows,
-                    n_heldout=int(mask.sum()), notes=notes)
+                    n_heldout=int(mask.sum()), notes=notes, calibration=calibration)

@@ -153,7 +153,8 @@ class Fit:
                for name, x, ref in zip(law.covariates, values.values(), self.spec.law_log_refs)}
         return law.mean(theta, cov, self.spec.law_grids)
 
-    def forecast(self, scales, group=None, intervals: Sequence[float] = (0.5, 0.9), seed: int = 0) -> pd.DataFrame:
+    def forecast(self, scales, group=None, intervals: Sequence[float] = (0.5, 0.9), seed: int = 0,
+                 calibration=None) -> pd.DataFrame:
         """Law and new-run forecasts at ``scales`` (raw units of the scale column).
 
         Columns: ``scale``, the group columns (``"(new)"`` for ``None``), ``new_group`` (True
@@ -164,18 +165,27 @@ class Fit:
         For a two-variable law ``scales`` is a dict or DataFrame with the law's columns (e.g.
         ``params``, ``tokens``), which replace ``scale`` in the output, and
         ``scale_over_max_fitted`` compares the product N*D (i.e. compute) with the largest fitted one.
+        ``calibration``: an ``ExtrapolationCalibration`` (``bayescale.backtest.calibrate_extrapolation``);
+        with it both bands include the law's extrapolation error, which grows with the log of
+        ``scale_over_max_fitted`` (without it they assume the law holds beyond the data); the
+        ``median`` and ``mean`` stay the law's (the extrapolation error has mean zero).
         Usage: ``fit.forecast([1e21, 1e22], group="c4_val", intervals=(0.8, 0.95))``,
-        ``fit.forecast({"params": [7e10], "tokens": [1.4e12]})``
+        ``fit.forecast({"params": [7e10], "tokens": [1.4e12]})``, ``fit.forecast(x, calibration=cal)``
         """
         values = self._covariates(scales)
         rng = np.random.default_rng(seed)
         law = self.law_draws(values if len(values) > 1 else values["scale"], group, seed=seed)
-        pred = law + self._noise(law.shape, rng)
+        ratio = np.prod(list(values.values()), axis=0) / self._max_fitted_scale(group)
         out = {**values, **self._group_columns(group),
                "median": np.median(law, axis=0), "mean": law.mean(axis=0)}
+        noise = self._noise(law.shape, rng)
+        if calibration is not None:
+            tau = calibration.draws(law.shape[0], rng)[:, None]
+            law = law + tau * extrapolation_distance(ratio) * np.abs(law) * rng.standard_normal(law.shape)
+        pred = law + noise
         out.update(_interval_columns("", law, intervals))
         out.update(_interval_columns("pred_", pred, intervals))
-        out["scale_over_max_fitted"] = np.prod(list(values.values()), axis=0) / self._max_fitted_scale(group)
+        out["scale_over_max_fitted"] = ratio
         return pd.DataFrame(out)
 
     def _max_fitted_scale(self, group) -> float:
@@ -283,6 +293,11 @@ class Fit:
                              "r_hat": None if diag is None else diag["r_hat"],
                              "ess_bulk": None if diag is None else diag["ess_bulk"]})
         return pd.DataFrame(rows)
+
+
+def extrapolation_distance(scale_over_max_fitted) -> np.ndarray:
+    """E-folds beyond the largest fitted scale, ``ln max(1, ratio)`` (0 inside the data). Usage: internal."""
+    return np.log(np.maximum(np.asarray(scale_over_max_fitted, dtype=np.float64), 1.0))
 
 
 def new_run_noise(sigma, nu, shape, rng) -> np.ndarray:

@@ -9,10 +9,14 @@ Datasets (``data/``, provenance in data/README.md):
 - ``moe_routed_final.csv.gz``: routed LMs (Clark et al. 2022 grid), final validation loss, dense-parameter
   scale, curves = router x number of experts (28 curves x 5-6 sizes); held out: the largest (1.3B);
 - ``datablations_single_epoch.csv.gz``: Muennighoff et al. (2023) single-epoch runs, two-variable law
-  L(N, D) (one curve, Student-t); held out: runs above 7e20 FLOPs (3 runs, up to 9.3e21).
+  L(N, D) (one curve, Student-t); held out: runs above 7e20 FLOPs (3 runs, up to 9.3e21); the
+  extrapolation error is learned by holding out the training runs above 2e20 FLOPs (6 runs at 6e20;
+  the largest training scale alone is one run of an IsoFLOP set, no further out than its neighbours).
 
 Every method is fitted on the same training runs (``bayescale.backtest``); bayescale uses default
 sampler settings (4 x 1000 + 1000, seed 0) and the Normal likelihood unless noted.
+``bayescale_calibrated`` adds the extrapolation error learned from the training runs alone (a refit
+without each curve's largest training scale; ``bayescale.backtest.calibrate_extrapolation``).
 Writes ``reports/backtest.md`` (the table README.md shows).
 
 Usage: ``python studies/backtest.py [--out reports/backtest.md] [--n-boot 200] [--only gadre,pythia]``
@@ -71,7 +75,7 @@ def datasets() -> dict:
         "moe": (load_runs(DATA / "moe_routed_final.csv.gz", scale="params", groups=["architecture", "num_experts"]),
                 {"holdout": 1}, "routed LMs, val loss, 28 curves, hold out 1.3B (top-1)"),
         "datablations": (load_runs(DATA / "datablations_single_epoch.csv.gz", scale="compute_flops"),
-                         {"holdout": 7e20, "law": "chinchilla", "likelihood": "student_t"},
+                         {"holdout": 7e20, "law": "chinchilla", "likelihood": "student_t", "calibration_holdout": 2e20},
                          "data-constrained single-epoch, L(N,D), hold out C > 7e20 (3 runs)"),
     }
 
@@ -93,13 +97,16 @@ def main(argv=None) -> pd.DataFrame:
         wall = time.perf_counter() - t0
         print(f"\n== {name}: {what}; train {bt.n_train} runs, held out {bt.n_heldout}; {wall:.0f} s")
         print(f"bayescale diagnostics: {bt.fit.diagnostics}")
+        print(f"extrapolation-error refit: {bt.calibration.diagnostics}")
         for note in bt.notes:
             print("note:", note)
         print(bt.to_markdown(name))
         tables.append(bt.table.assign(dataset=name))
         lines.append(f"- `{name}`: {what}; {bt.n_train} training runs, {bt.n_heldout} held out; bayescale "
                      f"max R-hat {bt.fit.diagnostics.max_rhat:.3f}, min bulk ESS {bt.fit.diagnostics.min_ess_bulk:.0f}, "
-                     f"{bt.fit.diagnostics.n_divergent} divergences")
+                     f"{bt.fit.diagnostics.n_divergent} divergences; {bt.calibration} (that refit: max R-hat "
+                     f"{bt.calibration.diagnostics.max_rhat:.3f}, min bulk ESS {bt.calibration.diagnostics.min_ess_bulk:.0f}, "
+                     f"{bt.calibration.diagnostics.n_divergent} divergences)")
     table = pd.concat(tables, ignore_index=True)
     table = table[["dataset", *[c for c in table.columns if c != "dataset"]]]
     text = markdown_table(table) + "\n\n" + "\n".join(lines) + "\n"

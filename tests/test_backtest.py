@@ -80,6 +80,10 @@ def test_backtest_table_and_predictions(small_backtest):
     assert len(bt.predictions) == 6 * len(METHODS)
     bands = bt.predictions.query("method == 'bayescale'")
     assert (bands["lower_50"] <= bands["upper_50"]).all() and (bands["lower_90"] <= bands["lower_50"]).all()
+    cal = bt.predictions.query("method == 'bayescale_calibrated'")
+    np.testing.assert_allclose(cal["median"].to_numpy(), bands["median"].to_numpy())  # same point forecast
+    assert (cal["upper_90"] - cal["lower_90"]).mean() > (bands["upper_90"] - bands["lower_90"]).mean()
+    assert bt.calibration is not None and any("extrapolation error" in n for n in bt.notes)
     md = bt.to_markdown("sim")
     assert md.startswith("| dataset | method |") and md.count("\n") == 1 + len(METHODS)
 
