@@ -3,7 +3,7 @@
 Usage:
     bayescale fit runs.csv --scale compute_flops --groups train_dataset,eval_set -o fit.nc
     bayescale fit --config study.toml                  # same keys as the options, see below
-    bayescale forecast fit.nc --scales 1e22 1e23 --group rpj,c4_val [-o forecast.csv]
+    bayescale forecast fit.nc --scales 1e22 1e23 --group rpj,c4_val [--calibrate] [-o forecast.csv]
     bayescale plan fit.nc --target-loss 2.8 --group rpj,c4_val [-o plan.csv]
     bayescale report fit.nc [-o fit.html]
     bayescale simulate --n-groups 6 --seed 1 -o runs.csv [--truth truth.csv]
@@ -251,8 +251,18 @@ def _cmd_forecast(args) -> int:
 
     fit = _load(args.fit)
     intervals = _intervals(args.intervals)
+    calibration = None
+    if args.calibrate:
+        from .backtest import calibrate_extrapolation
+
+        _say("learning the extrapolation error: refit without each curve's largest scale")
+        with _bad_input():
+            calibration = calibrate_extrapolation(fit.runs, law=fit.spec.law, likelihood=fit.spec.likelihood,
+                                                  priors=fit.spec.priors, settings=fit.settings)
+        _say(f"{calibration}; that refit: {calibration.diagnostics}")
     with _bad_input():
-        table = pd.concat([fit.forecast(args.scales, group=g, intervals=intervals, seed=args.seed)
+        table = pd.concat([fit.forecast(args.scales, group=g, intervals=intervals, seed=args.seed,
+                                        calibration=calibration)
                            for g in _groups(fit, args.group)], ignore_index=True)
     _write_table(table, args.out)
     return EXIT_OK
@@ -342,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", action="append", help=group_help)
     p.add_argument("--intervals", type=float, nargs="+", default=[0.5, 0.9], help="band masses (default 0.5 0.9)")
     p.add_argument("--seed", type=int, default=0, help="seed of the new-run noise draws (default 0)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="widen the bands beyond the data by the extrapolation error learned from the fit's runs "
+                        "(one more fit; bayescale.backtest.calibrate_extrapolation)")
     p.add_argument("-o", "--out", help="CSV file to write (default: stdout)")
     p.set_defaults(func=_cmd_forecast)
 

@@ -162,3 +162,22 @@ def test_config_file_and_exit_code_0_when_converged(capsys, fitted, tmp_path, mo
     (study / "bad.json").write_text(json.dumps({"runs": "runs.parquet", "scale": "compute_flops", "chainz": 2}))
     code, out, err = run_main(capsys, "fit", "--config", study / "bad.json")
     assert code == 2 and "unknown key 'chainz'" in err
+
+
+def test_forecast_calibrate_widens_the_bands_beyond_the_data(capsys, fitted, tmp_path):
+    """``--calibrate`` refits without each curve's largest scale and widens the bands beyond the fitted runs."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the refit has 3 runs per curve and tiny settings: it warns
+        code, out, err = run_main(capsys, "forecast", fitted[0], "--scales", "1e17", "1e22", "--group", "rpj",
+                                  "--calibrate", "-o", tmp_path / "cal.csv")
+    assert code == 0, err
+    assert "extrapolation error:" in err and "% per decade beyond the data" in err
+    cal = pd.read_csv(tmp_path / "cal.csv")
+    plain = load_fit(fitted[0]).forecast([1e17, 1e22], group="rpj")
+    width = lambda t: (t["pred_upper_90"] - t["pred_lower_90"]).to_numpy()  # noqa: E731
+    assert cal["scale_over_max_fitted"].iloc[0] < 1 < cal["scale_over_max_fitted"].iloc[1]
+    np.testing.assert_allclose(width(cal)[0], width(plain)[0])  # inside the data: unchanged
+    assert width(cal)[1] > width(plain)[1]
+    np.testing.assert_allclose(cal["median"], plain["median"])
