@@ -13,6 +13,6 @@ run() { local t=$1; shift; echo "== timeout $t $*"; timeout "$t" "$@"; echo "-> 
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   run 120 $py benchmarks/step_cost.py --rows 1e5,1e6 --precision float64  # where a step's time goes
   run 130 $B --rows 1e6 --precision float64
-  run 80 $B --rows 1e5 --precision float64
+  run 130 $B --rows 1e6 --precision float64 --init mode  # the mode start that met (a) at 1e5 rows on CPU
   run 160 $py benchmarks/engines.py --only-many --n-fits 100 --loop-fits 5 --timeout 50
 } 2>&1 | tee "$log"

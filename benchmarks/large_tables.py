@@ -33,7 +33,8 @@ N_CURVES = 100
 
 
 def one(rows: int, precision: str, seed: int = 0, warmup: int = 1000, draws: int = 1000, dense: bool = False,
-        engine: str = "numpyro", target_accept: float = 0.95, regularize: bool | None = None) -> tuple[dict, object]:
+        engine: str = "numpyro", target_accept: float = 0.95, regularize: bool | None = None,
+        init: str = "prior_mean") -> tuple[dict, object]:
     per_curve = max(rows // N_CURVES, 3)
     df, _ = simulate_runs(N_CURVES, np.geomspace(1e18, 1e21, per_curve), noise_sd=0.01, seed=seed)
     runs = load_runs(df, scale="compute_flops", groups=["family"])
@@ -43,7 +44,7 @@ def one(rows: int, precision: str, seed: int = 0, warmup: int = 1000, draws: int
         fit = fit_law(runs, settings=SamplerSettings(seed=seed, precision=precision, posterior_predictive=False,
                                                      warmup=warmup, draws=draws, dense_mass=dense, engine=engine,
                                                      target_accept=target_accept,
-                                                     regularize_mass_matrix=regularize))
+                                                     regularize_mass_matrix=regularize, init=init))
     wall = time.perf_counter() - t0
     d, tm = fit.diagnostics, fit.timings
     if engine == "svi":
@@ -79,6 +80,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--dense", action="store_true", help="dense mass matrix")
+    parser.add_argument("--init", default="prior_mean", choices=["prior_mean", "mode"],
+                        help="where chains start (SamplerSettings.init)")
     parser.add_argument("--target-accept", type=float, default=0.95)
     parser.add_argument("--svi", action="store_true", help="also the approximate SVI path, with its error vs NUTS")
     parser.add_argument("--layout", default="auto", choices=["auto", "rows"],
@@ -94,13 +97,13 @@ def main(argv=None) -> None:
     print(f"bayescale {bayescale.__version__ if hasattr(bayescale, '__version__') else ''} jax {jax.__version__}; "
           f"devices {jax.devices()}; {platform.processor() or platform.machine()}; 4 chains x ({args.warmup} + "
           f"{args.draws}), target_accept {args.target_accept}{', dense mass' if args.dense else ''}, layout {args.layout}, "
-          f"mass-matrix shrinkage {args.regularize}")
+          f"mass-matrix shrinkage {args.regularize}, init {args.init}")
     print(f"{'rows':>8s} {'prec':>8s} {'fit_law s':>9s} {'sampling':>8s} {'compile':>7s} {'steps':>6s} "
           f"{'minESS':>7s} {'ESS/s':>7s} {'ESS/s-JIT':>9s} {'R-hat':>6s} {'div':>4s}", flush=True)
     for rows in (int(float(r)) for r in args.rows.split(",")):
         for precision in args.precision.split(","):
             r, fit = one(rows, precision, warmup=args.warmup, draws=args.draws, dense=args.dense,
-                         target_accept=args.target_accept, regularize=regularize)
+                         target_accept=args.target_accept, regularize=regularize, init=args.init)
             print(f"{r['rows']:8d} {precision:>8s} {r['fit_law_s']:9.1f} {r['sampling_s']:8.1f} {r['compile_s']:7.1f} "
                   f"{r['mean_steps']:6.0f} {r['min_ess_bulk']:7.0f} {r['ess_per_s']:7.1f} {r['ess_per_s_no_jit']:9.1f} "
                   f"{r['max_rhat']:6.3f} {r['divergences']:4d}", flush=True)

@@ -71,6 +71,23 @@ def test_large_cpu_tables_run_chains_on_one_device_and_explicit_parallel_warns(m
         assert abs(float(draws[0].mean()) - float(draws[1].mean())) < 4 * np.sqrt(sum(se2)), name
 
 
+def test_init_at_the_mode_gives_the_same_posterior():
+    """``init="mode"`` (Laplace start and metric) samples the posterior the default start samples."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        prior = fit_law(_table(2), settings=SamplerSettings(seed=3))
+        mode = fit_law(_table(2), settings=SamplerSettings(seed=3, init="mode"))
+    assert mode.diagnostics.max_rhat < 1.01 and mode.diagnostics.n_divergent == 0, mode.diagnostics
+    for name in ("alpha[A]", "alpha[B]", "loss_floor[A]", "sigma"):
+        var, _, level = name.partition("[")
+        draws = [f.tree.posterior[var].sel({f.tree.posterior[var].dims[-1]: level[:-1]}) if level
+                 else f.tree.posterior[var] for f in (prior, mode)]
+        se2 = [float(d.values.var()) / f.diagnostics.table.loc[name, "ess_bulk"] for d, f in zip(draws, (prior, mode))]
+        assert abs(float(draws[0].mean()) - float(draws[1].mean())) < 4 * np.sqrt(sum(se2)), name
+    with pytest.raises(ValueError, match="init must be"):
+        fit_law(_table(2), settings=replace(SMALL, init="median"))
+
+
 def test_fit_many_matches_separate_fits():
     tables = [_table(s, n_groups=1) for s in range(3)]
     with warnings.catch_warnings():
