@@ -229,8 +229,8 @@ def _mode_start(z: dict, key, potential_fn) -> tuple[dict, jax.Array]:
 def _one_chain(model, settings: SamplerSettings, tick):
     """A pure function (rng_key, model kwargs) -> (samples, diverging, n_steps) for one NUTS chain.
 
-    Initialisation (the prior mean, jittered: ``_jittered``; or the mode: ``_mode_start``), warmup with step-size and diagonal (or
-    dense) mass-matrix adaptation, and the draws, all in one traceable function of the data: it can be
+    Initialisation (the prior mean, jittered: ``_jittered``; or the mode: ``_mode_start``), warmup with
+    step-size and diagonal (or dense) mass-matrix adaptation, and the draws, all in one traceable function of the data: it can be
     jitted once and reused, vmapped over data sets, or pmapped over chains.
     """
     def run(rng_key, kwargs):
@@ -310,8 +310,6 @@ def _sample(model, kwargs: dict, settings: SamplerSettings, cache_key, batch: in
     if settings.regularize_mass_matrix is None:
         raise ValueError("settings.regularize_mass_matrix is None: decide it first with "
                          "settings.resolved(loss_law=...) (fit_law and fit_metric do)")
-    if settings.init not in ("prior_mean", "mode"):
-        raise ValueError(f"init must be 'prior_mean' or 'mode', got {settings.init!r}")
     numpyro.enable_x64(settings.precision == "float64")
     _use_compile_cache()
     n_rows = int(np.size(kwargs.get("y", ())))
@@ -400,8 +398,6 @@ def run_svi(model, data: dict, settings: SamplerSettings, coords: dict, dims: di
     from numpyro.infer import SVI, Trace_ELBO
     from numpyro.infer.autoguide import AutoMultivariateNormal
 
-    if settings.init not in ("prior_mean", "mode"):
-        raise ValueError(f"init must be 'prior_mean' or 'mode', got {settings.init!r}")
     numpyro.enable_x64(settings.precision == "float64")
     _use_compile_cache()
     kwargs = {k: v for k, v in data.items() if v is not None}

@@ -297,6 +297,10 @@ class SamplerSettings:
     posterior_predictive: bool = True
     progress_bar: bool = False
 
+    def __post_init__(self):
+        if self.init not in ("prior_mean", "mode"):
+            raise ValueError(f"init must be 'prior_mean' or 'mode', got {self.init!r}")
+
     def resolved(self, loss_law: bool) -> SamplerSettings:
         """These settings with the per-model defaults decided (``regularize_mass_matrix``).
 
