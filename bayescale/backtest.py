@@ -38,8 +38,8 @@ import pandas as pd
 from scipy import special, stats
 
 from .baselines import _predict, curve_fit_group, huber_bootstrap
-from .extrapolation import ExtrapolationCalibration, predictive_logpdf, tau_posterior
-from .fit import Fit, extrapolation_distance, fit_law
+from .extrapolation import ExtrapolationCalibration, extrapolation_distance, predictive_logpdf, tau_posterior
+from .fit import Fit, fit_law
 from .inference import ConvergenceWarning
 from .runs import RunTable
 from .spec import Priors, SamplerSettings
@@ -146,8 +146,9 @@ def _heldout_groups(fit: Fit, runs: RunTable, heldout: pd.DataFrame):
 
 
 def _noise_draws(fit: Fit):
-    sigma = fit._flat("sigma")[:, None]
-    return sigma, (fit._flat("nu")[:, None] if fit.spec.likelihood == "student_t" else None)
+    """``fit.noise_draws()`` as columns (draws, 1), to broadcast against law draws (draws, runs)."""
+    sigma, nu = fit.noise_draws()
+    return sigma[:, None], (None if nu is None else nu[:, None])
 
 
 def _bayes_predictions(fit: Fit, runs: RunTable, heldout: pd.DataFrame, intervals, seed: int,
@@ -189,10 +190,9 @@ def calibrate_extrapolation(runs: RunTable, *, law: str = "saturating", likeliho
     sigma, nu = _noise_draws(fit)
     ys, mus, dists = [], [], []
     for _, group, scales, y in _heldout_groups(fit, runs, runs.data[mask]):
-        ratio = fit.forecast(scales, group=group, intervals=())["scale_over_max_fitted"]
         ys.append(y)
         mus.append(fit.law_draws(scales, group=group))
-        dists.append(extrapolation_distance(ratio))
+        dists.append(extrapolation_distance(fit.scale_over_max_fitted(scales, group)))
     y, mu, dist = np.concatenate(ys), np.concatenate(mus, axis=1), np.concatenate(dists)
     if not fit.diagnostics.ok:
         warnings.warn(f"the refit without the held-out scales (which the extrapolation error is learned from) did not pass "

@@ -118,12 +118,6 @@ def _law(fit: Fit, theta: np.ndarray, covariates: dict) -> np.ndarray:
     return law.mean(th, cov, spec.law_grids)
 
 
-def _noise_params(fit: Fit) -> tuple[np.ndarray, np.ndarray | None]:
-    sigma = fit._flat("sigma")
-    nu = fit._flat("nu") if fit.spec.likelihood == "student_t" else None
-    return sigma, nu
-
-
 def _target_covariates(fit: Fit, target) -> dict:
     """Raw target covariates {column: (n,)}, validated by the fit (``Fit._covariates``)."""
     values = fit._covariates(target)
@@ -139,7 +133,7 @@ def _target_draws(fit: Fit, theta: np.ndarray, covariates: dict, band: str, rng)
         raise ValueError(f"band must be 'credible' or 'predictive', got {band!r}")
     q = _law(fit, theta, covariates)  # (reps, n_draws, n_targets)
     if band == "predictive":
-        sigma, nu = _noise_params(fit)
+        sigma, nu = fit.noise_draws()
         q = q + new_run_noise(sigma[:, None], None if nu is None else nu[:, None], q.shape, rng)
     return q.reshape(-1, q.shape[-1])
 
@@ -312,7 +306,7 @@ def rank_candidates(fit: Fit, candidates: pd.DataFrame, target, target_group=Non
         if spec.groups else [()] * len(cands)
     theta = _joint_theta(fit, [target_cell, *cand_cells], rng, int(n_effect_draws))
     q = _target_draws(fit, theta[target_cell], _target_covariates(fit, target), band, rng)
-    sigma, nu = _noise_params(fit)
+    sigma, nu = fit.noise_draws()
     n_draws = len(sigma)
     current = float(_widths(q, np.ones((1, len(q))), mass)[0])
     chains = int(fit.tree.posterior.sizes["chain"])

@@ -25,7 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
-__all__ = ["ExtrapolationCalibration", "predictive_logpdf", "tau_posterior"]
+__all__ = ["ExtrapolationCalibration", "extrapolation_distance", "predictive_logpdf", "tau_posterior"]
+
+
+def extrapolation_distance(scale_over_max_fitted) -> np.ndarray:
+    """E-folds beyond the largest fitted scale, ``ln max(1, ratio)`` (0 inside the data).
+    Usage: ``extrapolation_distance(fc["scale_over_max_fitted"])``"""
+    return np.log(np.maximum(np.asarray(scale_over_max_fitted, dtype=np.float64), 1.0))
 
 
 def predictive_logpdf(y, mu, sigma, nu, distance, tau) -> np.ndarray:

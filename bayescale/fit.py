@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import allocation
+from .extrapolation import extrapolation_distance
 from .inference import Diagnostics, diagnose, run_nuts, run_nuts_batched, run_svi, warn_if_bad
 from .model import build_model, cell_values, model_data, new_cell_draws, structure_key
 from .runs import RunTable
@@ -107,9 +108,14 @@ class Fit:
             theta = [value[:, i] for i in range(len(params))]
         return dict(zip(params, theta))
 
+    def noise_draws(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Posterior draws of the noise sd and of the Student-t degrees of freedom (``None`` for a Normal
+        likelihood), each (draws,). Usage: ``sigma, nu = fit.noise_draws()``"""
+        return self._flat("sigma"), (self._flat("nu") if self.spec.likelihood == "student_t" else None)
+
     def _noise(self, shape, rng) -> np.ndarray:
-        nu = self._flat("nu")[:, None] if self.spec.likelihood == "student_t" else None
-        return new_run_noise(self._flat("sigma")[:, None], nu, shape, rng)
+        sigma, nu = self.noise_draws()
+        return new_run_noise(sigma[:, None], None if nu is None else nu[:, None], shape, rng)
 
     def _group_columns(self, group) -> dict:
         """Group columns of a result table, and ``new_group``: True where a level was not fitted."""
@@ -175,7 +181,7 @@ class Fit:
         values = self._covariates(scales)
         rng = np.random.default_rng(seed)
         law = self.law_draws(values if len(values) > 1 else values["scale"], group, seed=seed)
-        ratio = np.prod(list(values.values()), axis=0) / self._max_fitted_scale(group)
+        ratio = self.scale_over_max_fitted(values if len(values) > 1 else values["scale"], group)
         out = {**values, **self._group_columns(group),
                "median": np.median(law, axis=0), "mean": law.mean(axis=0)}
         noise = self._noise(law.shape, rng)
@@ -187,6 +193,11 @@ class Fit:
         out.update(_interval_columns("pred_", pred, intervals))
         out["scale_over_max_fitted"] = ratio
         return pd.DataFrame(out)
+
+    def scale_over_max_fitted(self, scales, group=None) -> np.ndarray:
+        """Each scale over the group's largest fitted one (two-variable law: the products N*D).
+        Usage: ``fit.scale_over_max_fitted([1e22], group="c4_val")``"""
+        return np.prod(list(self._covariates(scales).values()), axis=0) / self._max_fitted_scale(group)
 
     def _max_fitted_scale(self, group) -> float:
         """Largest fitted scale of the group (for several covariates: largest product of them)."""
@@ -293,11 +304,6 @@ class Fit:
                              "r_hat": None if diag is None else diag["r_hat"],
                              "ess_bulk": None if diag is None else diag["ess_bulk"]})
         return pd.DataFrame(rows)
-
-
-def extrapolation_distance(scale_over_max_fitted) -> np.ndarray:
-    """E-folds beyond the largest fitted scale, ``ln max(1, ratio)`` (0 inside the data). Usage: internal."""
-    return np.log(np.maximum(np.asarray(scale_over_max_fitted, dtype=np.float64), 1.0))
 
 
 def new_run_noise(sigma, nu, shape, rng) -> np.ndarray:

@@ -230,21 +230,21 @@ def _one_chain(model, settings: SamplerSettings, tick):
     """A pure function (rng_key, model kwargs) -> (samples, diverging, n_steps) for one NUTS chain.
 
     Initialisation (the prior mean, jittered: ``_jittered``; or the mode: ``_mode_start``), warmup with
-    step-size and diagonal (or dense) mass-matrix adaptation, and the draws, all in one traceable function of the data: it can be
-    jitted once and reused, vmapped over data sets, or pmapped over chains.
+    step-size and diagonal (or dense) mass-matrix adaptation, and the draws, all in one traceable function
+    of the data: it can be jitted once and reused, vmapped over data sets, or pmapped over chains.
     """
     def run(rng_key, kwargs):
         key_init, key_jitter, key_run = jax.random.split(rng_key, 3)
         info = initialize_model(key_init, model, init_strategy=init_to_mean, dynamic_args=True, model_kwargs=kwargs)
         init_kernel, sample_kernel = hmc(potential_fn_gen=info.potential_fn, algo="NUTS")
         dense = [tuple(sorted(info.param_info.z))] if settings.dense_mass else []
-        metric = {}
+        potential, metric = info.potential_fn(**kwargs), {}
         if settings.init == "mode":
-            start, inverse = _mode_start(info.param_info.z, key_jitter, info.potential_fn(**kwargs))
+            start, inverse = _mode_start(info.param_info.z, key_jitter, potential)
             if not settings.dense_mass:
                 metric = {"inverse_mass_matrix": inverse}
         else:
-            start = _jittered(info.param_info.z, key_jitter, info.potential_fn(**kwargs))
+            start = _jittered(info.param_info.z, key_jitter, potential)
         state = init_kernel(start, settings.warmup, target_accept_prob=settings.target_accept, dense_mass=dense,
                             trajectory_length=None, max_tree_depth=settings.max_tree_depth, model_kwargs=kwargs,
                             regularize_mass_matrix=settings.regularize_mass_matrix, rng_key=key_run, **metric)

@@ -7,8 +7,8 @@ import pytest
 
 from bayescale import SamplerSettings, load_runs
 from bayescale.backtest import calibrate_extrapolation
-from bayescale.extrapolation import ExtrapolationCalibration, tau_posterior
-from bayescale.fit import extrapolation_distance, fit_law
+from bayescale.extrapolation import ExtrapolationCalibration, extrapolation_distance, tau_posterior
+from bayescale.fit import fit_law
 from bayescale.simulate import simulate_runs
 
 SMALL = SamplerSettings(chains=2, warmup=200, draws=200, seed=0)
