@@ -376,6 +376,11 @@ def _finish(runs: RunTable, spec: ModelSpec, settings: SamplerSettings, tree, da
     return Fit(runs=runs, spec=spec, settings=settings, tree=tree, diagnostics=diagnostics, timings=timings)
 
 
+def _fewest_runs(data: dict) -> int:
+    """Runs of the smallest curve in ``model_data``'s arrays."""
+    return int(np.bincount(data["cell"], minlength=len(data["cell_levels"])).min())
+
+
 def fit_law(runs: RunTable, *, likelihood: str = "normal", priors: Priors | None = None,
             settings: SamplerSettings | None = None, spec: ModelSpec | None = None, law: str = "saturating") -> Fit:
     """Fit a hierarchical law with NUTS: by default ``L = L_inf + a * x**-alpha`` in the scale column;
@@ -388,9 +393,9 @@ def fit_law(runs: RunTable, *, likelihood: str = "normal", priors: Priors | None
     ``fit_law(runs, law="chinchilla", likelihood="student_t")``
     """
     spec = spec or ModelSpec.from_runs(runs, likelihood=likelihood, priors=priors, law=law)
-    settings = (settings or SamplerSettings()).resolved(loss_law=True)
     coords, dims = _coords_dims(spec)
     data = model_data(runs, spec)
+    settings = (settings or SamplerSettings()).resolved(loss_law=True, runs_per_curve=_fewest_runs(data))
     pareto_k = None
     if settings.engine == "numpyro":
         tree, timings = run_nuts(build_model(spec), data, settings, coords, dims, cache_key=structure_key(spec))
@@ -413,7 +418,7 @@ def fit_many(tables: Sequence[RunTable], *, likelihood: str = "normal", settings
     ``ConvergenceWarning`` messages; by default check ``fit.diagnostics.ok``.
     Usage: ``fits = fit_many([runs_a, runs_b], settings=SamplerSettings(seed=0))``
     """
-    settings = (settings or SamplerSettings()).resolved(loss_law=True)
+    settings = settings or SamplerSettings()
     if settings.engine != "numpyro":
         raise ValueError(f"fit_many samples with bayescale's NumPyro engine; got engine={settings.engine!r}")
     specs = [ModelSpec.from_runs(r, likelihood=likelihood, law=law) for r in tables]
@@ -422,6 +427,7 @@ def fit_many(tables: Sequence[RunTable], *, likelihood: str = "normal", settings
         raise ValueError(f"fit_many needs tables of one structure (same law, factors, levels and curves); got "
                          f"{len(keys)} different ones: fit them in separate calls")
     datas = [model_data(r, s) for r, s in zip(tables, specs)]
+    settings = settings.resolved(loss_law=True, runs_per_curve=min(_fewest_runs(d) for d in datas))
     coords_dims = [_coords_dims(s) for s in specs]
     trees, timings = run_nuts_batched(build_model(specs[0]), datas, settings, [c for c, _ in coords_dims],
                                       coords_dims[0][1], cache_key=structure_key(specs[0]))

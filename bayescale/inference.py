@@ -191,6 +191,8 @@ INIT_JITTER = 1.0
 #: prior mean to the posterior mode.
 MODE_STEPS = 1500
 MODE_LR = 0.02
+#: Hessian columns computed at once for ``init="mode"`` (bounds memory: each holds the table's intermediates).
+HESSIAN_BATCH = 16
 
 
 def _jittered(z: dict, key, potential_fn) -> dict:
@@ -220,7 +222,8 @@ def _mode_start(z: dict, key, potential_fn) -> tuple[dict, jax.Array]:
 
     (mode, _, _), _ = jax.lax.scan(adam, (flat, jnp.zeros_like(flat), jnp.zeros_like(flat)), jnp.arange(MODE_STEPS))
     mode = jnp.where(jnp.all(jnp.isfinite(mode)) & jnp.isfinite(potential(mode)), mode, flat)
-    curvature = jnp.diag(jax.hessian(potential)(mode))
+    hvp = lambda v: jax.jvp(grad, (mode,), (v,))[1]  # noqa: E731  (one Hessian column)
+    curvature = jax.lax.map(lambda e: e @ hvp(e), jnp.eye(flat.size, dtype=flat.dtype), batch_size=HESSIAN_BATCH)
     inverse = jnp.where(jnp.isfinite(curvature) & (curvature > 0), 1.0 / curvature, 1.0)
     moved = mode + jnp.sqrt(inverse) * jax.random.normal(key, mode.shape, mode.dtype)
     return unravel(jnp.where(jnp.isfinite(potential(moved)), moved, mode)), inverse
@@ -307,9 +310,9 @@ def _program(model, settings: SamplerSettings, method: str, batched: bool, cache
 
 def _sample(model, kwargs: dict, settings: SamplerSettings, cache_key, batch: int | None):
     """Run the compiled sampler; outputs by chain first: samples (chains[, batch], draws, ...)."""
-    if settings.regularize_mass_matrix is None:
-        raise ValueError("settings.regularize_mass_matrix is None: decide it first with "
-                         "settings.resolved(loss_law=...) (fit_law and fit_metric do)")
+    if settings.regularize_mass_matrix is None or settings.init == "auto":
+        raise ValueError("settings.regularize_mass_matrix or init is undecided: decide them first with "
+                         "settings.resolved(loss_law=..., runs_per_curve=...) (fit_law and fit_metric do)")
     numpyro.enable_x64(settings.precision == "float64")
     _use_compile_cache()
     n_rows = int(np.size(kwargs.get("y", ())))

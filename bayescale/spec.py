@@ -29,6 +29,10 @@ GRID_POINTS = 5
 #: Curves with at least this many distinct scales (median over curves) pin down their exponent,
 #: so it is sampled centred too; with fewer it is non-centred (see ``ModelSpec.centered``).
 CENTER_ALPHA_MIN_SCALES = 8
+#: ``SamplerSettings(init="auto")`` starts at the mode when every curve has at least this many runs:
+#: simulated tables of 100 curves (``benchmarks/large_tables.py``), mode start with a 200-300 draw
+#: warmup: 100 runs per curve mixed (R-hat 1.013), 10 per curve did not (R-hat 1.26, ESS 13).
+MODE_MIN_RUNS_PER_CURVE = 100
 #: Crossed factors get their own effects (and spreads) only when each has at least this many levels:
 #: a spread estimated from two zero-sum effects (one degree of freedom) does not mix (Pythia's 2 x 2).
 MIN_FACTOR_LEVELS = 3
@@ -44,7 +48,9 @@ class Priors:
     here (the two-variable law's ``log_slope_N``, ``log_slope_D``, ``log_beta``) are in ``extra``.
     Between-group spreads: ``HalfNormal(group_sd[p])`` for each grouping factor's effect
     and ``HalfNormal(group_sd[p] / 2)`` for the cell (interaction) effect.
-    Noise: ``HalfNormal(noise_sd)``; Student-t degrees of freedom ``Gamma(nu_shape, nu_rate)``.
+    Noise: ``HalfNormal(noise_sd)``, or ``LogNormal(log(noise[0]), noise[1])`` when ``noise`` (median,
+    sd of log) is given (``calibrate_extrapolation`` sets it from a fit's noise posterior); Student-t
+    degrees of freedom ``Gamma(nu_shape, nu_rate)``.
 
     Usage: ``replace(spec.priors, log_alpha=(np.log(0.3), 0.5))``, ``spec.with_priors(log_beta=(-1.0, 0.3))``
     """
@@ -54,6 +60,7 @@ class Priors:
     log_alpha: tuple[float, float] = LOG_EXPONENT_PRIOR
     group_sd: dict = field(default_factory=lambda: {"loss_mid": 1.0, "log_slope": 0.5, "log_alpha": 0.35})
     noise_sd: float = 0.1
+    noise: tuple[float, float] | None = None  # (median, sd of log): a LogNormal noise prior instead
     nu_shape: float = 2.0
     nu_rate: float = 0.1
     extra: dict = field(default_factory=dict)  # law parameter -> (loc, scale), for names that are not fields
@@ -281,14 +288,15 @@ class SamplerSettings:
     #: zero variance from an early window with no accepted move); ObsScaling's metric fit mixes a little
     #: better with it. See README "Engines side by side".
     regularize_mass_matrix: bool | None = None
-    #: where chains start (NumPyro engine): "prior_mean" (default; jittered, unit initial metric) or
-    #: "mode": the posterior mode (``inference.MODE_STEPS`` Adam steps from the prior mean), moved by one
-    #: draw of its Laplace approximation (diagonal: 1 / the potential's Hessian diagonal), which is also
-    #: the initial metric. Costs one Hessian (one gradient per parameter). For large tables with short
-    #: warmups: on 1e5 rows NUTS then takes ~30 leapfrog steps per draw after a 500-draw warmup
-    #: instead of running to the maximum depth (README "Engines side by side"). Not for sparse
-    #: hierarchies (few runs per curve): their mode is the funnel's neck (spreads near zero), a bad start.
-    init: Literal["prior_mean", "mode"] = "prior_mean"
+    #: where chains start (NumPyro engine): "prior_mean" (jittered, unit initial metric) or "mode": the
+    #: posterior mode (``inference.MODE_STEPS`` Adam steps from the prior mean), moved by one draw of its
+    #: Laplace approximation (diagonal: 1 / the potential's Hessian diagonal), which is also the initial
+    #: metric; costs one Hessian (one gradient per parameter). "auto" (default): "mode" for loss laws
+    #: whose every curve has >= ``MODE_MIN_RUNS_PER_CURVE`` runs, else "prior_mean". The mode start is
+    #: what fits 1e6 rows on an H200 in 36 s and 1e5 rows on 2 CPU cores at 2.7x PyMC's ESS/s (README
+    #: "Large tables and GPUs"); it is bad for sparse hierarchies (few runs per curve), whose mode is the
+    #: funnel's neck (spreads near zero).
+    init: Literal["auto", "prior_mean", "mode"] = "auto"
     seed: int = 0
     chain_method: Literal["auto", "vectorized", "parallel", "sequential"] = "auto"
     precision: Literal["float64", "float32"] = "float64"  # float32: less exact, no faster on an H200 (README)
@@ -298,14 +306,19 @@ class SamplerSettings:
     progress_bar: bool = False
 
     def __post_init__(self):
-        if self.init not in ("prior_mean", "mode"):
-            raise ValueError(f"init must be 'prior_mean' or 'mode', got {self.init!r}")
+        if self.init not in ("auto", "prior_mean", "mode"):
+            raise ValueError(f"init must be 'auto', 'prior_mean' or 'mode', got {self.init!r}")
 
-    def resolved(self, loss_law: bool) -> SamplerSettings:
-        """These settings with the per-model defaults decided (``regularize_mass_matrix``).
+    def resolved(self, loss_law: bool, runs_per_curve: int | None = None) -> SamplerSettings:
+        """These settings with the per-model defaults decided (``regularize_mass_matrix``, ``init``);
+        ``runs_per_curve``: the fewest runs of any curve (None: unknown, no mode start).
 
-        Usage: ``settings.resolved(loss_law=True).regularize_mass_matrix``
+        Usage: ``settings.resolved(loss_law=True, runs_per_curve=40).init``
         """
-        if self.regularize_mass_matrix is not None:
-            return self
-        return replace(self, regularize_mass_matrix=not (loss_law and self.precision == "float64"))
+        out = self
+        if out.regularize_mass_matrix is None:
+            out = replace(out, regularize_mass_matrix=not (loss_law and self.precision == "float64"))
+        if out.init == "auto":
+            rich = loss_law and runs_per_curve is not None and runs_per_curve >= MODE_MIN_RUNS_PER_CURVE
+            out = replace(out, init="mode" if rich else "prior_mean")
+        return out

@@ -34,7 +34,7 @@ N_CURVES = 100
 
 def one(rows: int, precision: str, seed: int = 0, warmup: int = 1000, draws: int = 1000, dense: bool = False,
         engine: str = "numpyro", target_accept: float = 0.95, regularize: bool | None = None,
-        init: str = "prior_mean") -> tuple[dict, object]:
+        init: str = "auto") -> tuple[dict, object]:
     per_curve = max(rows // N_CURVES, 3)
     df, _ = simulate_runs(N_CURVES, np.geomspace(1e18, 1e21, per_curve), noise_sd=0.01, seed=seed)
     runs = load_runs(df, scale="compute_flops", groups=["family"])
@@ -54,7 +54,7 @@ def one(rows: int, precision: str, seed: int = 0, warmup: int = 1000, draws: int
     return {"rows": len(df), "precision": precision, "fit_law_s": wall, "sampling_s": tm["sampling"],
             "compile_s": tm["compile"], "min_ess_bulk": d.min_ess_bulk, "ess_per_s": d.min_ess_bulk / tm["sampling"],
             "ess_per_s_no_jit": d.min_ess_bulk / run_s, "max_rhat": d.max_rhat, "divergences": d.n_divergent,
-            "mean_steps": float(fit.tree.sample_stats["n_steps"].mean()),
+            "mean_steps": float(fit.tree.sample_stats["n_steps"].mean()), "init": fit.settings.init,
             "warnings": sum(w.category.__name__ == "ConvergenceWarning" for w in caught)}, fit
 
 
@@ -80,8 +80,9 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--dense", action="store_true", help="dense mass matrix")
-    parser.add_argument("--init", default="prior_mean", choices=["prior_mean", "mode"],
-                        help="where chains start (SamplerSettings.init)")
+    parser.add_argument("--init", default="auto", choices=["auto", "prior_mean", "mode"],
+                        help="where chains start (SamplerSettings.init; auto: the mode for curves of >= 100 runs)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated table and of the sampler")
     parser.add_argument("--target-accept", type=float, default=0.95)
     parser.add_argument("--svi", action="store_true", help="also the approximate SVI path, with its error vs NUTS")
     parser.add_argument("--layout", default="auto", choices=["auto", "rows"],
@@ -97,16 +98,16 @@ def main(argv=None) -> None:
     print(f"bayescale {bayescale.__version__ if hasattr(bayescale, '__version__') else ''} jax {jax.__version__}; "
           f"devices {jax.devices()}; {platform.processor() or platform.machine()}; 4 chains x ({args.warmup} + "
           f"{args.draws}), target_accept {args.target_accept}{', dense mass' if args.dense else ''}, layout {args.layout}, "
-          f"mass-matrix shrinkage {args.regularize}, init {args.init}")
+          f"mass-matrix shrinkage {args.regularize}, init {args.init}, seed {args.seed}")
     print(f"{'rows':>8s} {'prec':>8s} {'fit_law s':>9s} {'sampling':>8s} {'compile':>7s} {'steps':>6s} "
-          f"{'minESS':>7s} {'ESS/s':>7s} {'ESS/s-JIT':>9s} {'R-hat':>6s} {'div':>4s}", flush=True)
+          f"{'minESS':>7s} {'ESS/s':>7s} {'ESS/s-JIT':>9s} {'R-hat':>6s} {'div':>4s} init", flush=True)
     for rows in (int(float(r)) for r in args.rows.split(",")):
         for precision in args.precision.split(","):
-            r, fit = one(rows, precision, warmup=args.warmup, draws=args.draws, dense=args.dense,
+            r, fit = one(rows, precision, seed=args.seed, warmup=args.warmup, draws=args.draws, dense=args.dense,
                          target_accept=args.target_accept, regularize=regularize, init=args.init)
             print(f"{r['rows']:8d} {precision:>8s} {r['fit_law_s']:9.1f} {r['sampling_s']:8.1f} {r['compile_s']:7.1f} "
                   f"{r['mean_steps']:6.0f} {r['min_ess_bulk']:7.0f} {r['ess_per_s']:7.1f} {r['ess_per_s_no_jit']:9.1f} "
-                  f"{r['max_rhat']:6.3f} {r['divergences']:4d}", flush=True)
+                  f"{r['max_rhat']:6.3f} {r['divergences']:4d} {r['init']}", flush=True)
             if args.svi:
                 a, approx = one(rows, precision, engine="svi", draws=args.draws)
                 err = approximation_error(approx, fit)

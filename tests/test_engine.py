@@ -9,6 +9,7 @@ import pytest
 from bayescale import ConvergenceWarning, SamplerSettings, fit_law, fit_many, load_fit, load_runs, save_fit
 from bayescale import inference
 from bayescale.simulate import simulate_runs
+from bayescale.spec import MODE_MIN_RUNS_PER_CURVE
 
 SMALL = SamplerSettings(chains=2, warmup=300, draws=300)
 
@@ -72,12 +73,18 @@ def test_large_cpu_tables_run_chains_on_one_device_and_explicit_parallel_warns(m
 
 
 def test_init_at_the_mode_gives_the_same_posterior():
-    """``init="mode"`` (Laplace start and metric) samples the posterior the default start samples."""
+    """``init="mode"`` (Laplace start and metric; what "auto" picks for curves of >= 100 runs) samples the
+    posterior the prior-mean start samples."""
+    df, _ = simulate_runs(2, np.geomspace(1e18, 1e21, MODE_MIN_RUNS_PER_CURVE), noise_sd=0.02, seed=2)
+    rich = load_runs(df, scale="compute_flops", groups=["family"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        prior = fit_law(_table(2), settings=SamplerSettings(seed=3))
-        mode = fit_law(_table(2), settings=SamplerSettings(seed=3, init="mode"))
-    assert mode.diagnostics.max_rhat < 1.01 and mode.diagnostics.n_divergent == 0, mode.diagnostics
+        prior = fit_law(rich, settings=SamplerSettings(seed=3, init="prior_mean"))
+        mode = fit_law(rich, settings=SamplerSettings(seed=3))
+    assert (prior.settings.init, mode.settings.init) == ("prior_mean", "mode")
+    assert SamplerSettings().resolved(loss_law=True, runs_per_curve=MODE_MIN_RUNS_PER_CURVE - 1).init == "prior_mean"
+    assert SamplerSettings().resolved(loss_law=False, runs_per_curve=10**4).init == "prior_mean"
+    assert prior.diagnostics.ok and mode.diagnostics.ok, (prior.diagnostics, mode.diagnostics)
     for name in ("alpha[A]", "alpha[B]", "loss_floor[A]", "sigma"):
         var, _, level = name.partition("[")
         draws = [f.tree.posterior[var].sel({f.tree.posterior[var].dims[-1]: level[:-1]}) if level
