@@ -42,7 +42,7 @@ from .extrapolation import ExtrapolationCalibration, extrapolation_distance, pre
 from .fit import Fit, fit_law
 from .inference import ConvergenceWarning
 from .runs import RunTable
-from .spec import Priors, SamplerSettings
+from .spec import ModelSpec, Priors, SamplerSettings
 
 __all__ = ["backtest", "Backtest", "calibrate_extrapolation", "holdout_mask", "score_predictions", "METHODS"]
 
@@ -170,7 +170,7 @@ def _bayes_predictions(fit: Fit, runs: RunTable, heldout: pd.DataFrame, interval
     return pd.concat(rows).loc[heldout.index]
 
 
-def calibrate_extrapolation(runs: RunTable, *, law: str = "saturating", likelihood: str = "normal",
+def calibrate_extrapolation(fit: Fit | RunTable, *, law: str = "saturating", likelihood: str = "normal",
                             priors: Priors | None = None, settings: SamplerSettings | None = None,
                             holdout: int | float | np.ndarray = 1, prior_scale: float = 0.05,
                             grid_size: int = 801) -> ExtrapolationCalibration:
@@ -180,13 +180,29 @@ def calibrate_extrapolation(runs: RunTable, *, law: str = "saturating", likeliho
     distance beyond the refit's data, and returns the posterior of ``tau`` (relative sd per e-fold,
     see ``bayescale.extrapolation``). ``prior_scale``: sd of tau's half-normal prior (0.05, i.e. a
     law off by about 11% per decade of extrapolation is one prior sd). Pass the result to
-    ``Fit.forecast(..., calibration=cal)`` of a fit on all of ``runs``.
-    Usage: ``cal = calibrate_extrapolation(runs); print(cal)``
+    ``fit.forecast(..., calibration=cal)``.
+
+    Given the ``Fit`` to calibrate (recommended), the refit takes its runs, law, likelihood and settings
+    (``law`` and ``likelihood`` are then ignored), and its noise prior is that fit's noise posterior (``Priors.noise``: a LogNormal matched to
+    the draws of log sigma): the run-to-run noise is measured on all runs, and curves left with as
+    few runs as the law has parameters (Gadre's: 3) then cannot fit their runs exactly at a noise
+    near zero, a funnel in which NUTS does not mix. Given a ``RunTable``, the refit uses the keyword
+    arguments and the default noise prior.
+    Usage: ``cal = calibrate_extrapolation(fit); fit.forecast([1e23], calibration=cal)``
     """
+    noise = None
+    if isinstance(fit, Fit):
+        runs, law, likelihood, settings = fit.runs, fit.spec.law, fit.spec.likelihood, settings or fit.settings
+        log_sigma = np.log(fit.noise_draws()[0])
+        noise = (float(np.exp(log_sigma.mean())), float(log_sigma.std()))
+    else:
+        runs = fit
     mask = holdout_mask(runs, holdout)
     if mask.all() or not mask.any():
         raise ValueError(f"holdout={holdout!r} holds out {int(mask.sum())} of {len(mask)} runs; need some of each")
-    fit = fit_law(runs.subset(~mask), law=law, likelihood=likelihood, priors=priors, settings=settings)
+    kept = runs.subset(~mask)
+    spec = ModelSpec.from_runs(kept, likelihood=likelihood, priors=priors, law=law)
+    fit = fit_law(kept, settings=settings, spec=spec if noise is None else spec.with_priors(noise=noise))
     sigma, nu = _noise_draws(fit)
     ys, mus, dists = [], [], []
     for _, group, scales, y in _heldout_groups(fit, runs, runs.data[mask]):
@@ -291,8 +307,7 @@ def backtest(runs: RunTable, *, law: str = "saturating", holdout: int | float | 
         preds["bayescale"] = _bayes_predictions(fit, runs, heldout, intervals, seed)
     calibration = None
     if "bayescale_calibrated" in methods:
-        calibration = calibrate_extrapolation(train, law=law, likelihood=likelihood, settings=settings,
-                                              holdout=calibration_holdout)
+        calibration = calibrate_extrapolation(fit, settings=settings, holdout=calibration_holdout)
         preds["bayescale_calibrated"] = _bayes_predictions(fit, runs, heldout, intervals, seed, calibration)
         notes.append(str(calibration))
         if not calibration.diagnostics.ok:

@@ -257,8 +257,7 @@ def _cmd_forecast(args) -> int:
 
         _say("learning the extrapolation error: refit without each curve's largest scale")
         with _bad_input():
-            calibration = calibrate_extrapolation(fit.runs, law=fit.spec.law, likelihood=fit.spec.likelihood,
-                                                  priors=fit.spec.priors, settings=fit.settings)
+            calibration = calibrate_extrapolation(fit)
         _say(f"{calibration}; that refit: {calibration.diagnostics}")
     with _bad_input():
         table = pd.concat([fit.forecast(args.scales, group=g, intervals=intervals, seed=args.seed,

@@ -14,8 +14,9 @@ inside the fitted range (d = 0) nothing changes. A Student-t fit uses a t densit
 discrepancy added to its scale (an approximation of the convolution).
 
 Usage:
-    cal = calibrate_extrapolation(runs)              # bayescale.backtest
-    fit_law(runs).forecast([1e23], group="c4_val", calibration=cal)
+    fit = fit_law(runs)
+    cal = calibrate_extrapolation(fit)               # bayescale.backtest
+    fit.forecast([1e23], group="c4_val", calibration=cal)
 """
 
 from __future__ import annotations

@@ -107,7 +107,8 @@ def prior_arrays(spec: ModelSpec) -> dict:
             "scale": np.array([pri.loc_scale(p)[1] for p in law.params], dtype=np.float64),
             "group_sd": np.array([pri.group_sd[p] for p in law.params], dtype=np.float64),
             "noise_sd": np.float64(pri.noise_sd), "nu_shape": np.float64(pri.nu_shape),
-            "nu_rate": np.float64(pri.nu_rate)}
+            "nu_rate": np.float64(pri.nu_rate),
+            **({} if pri.noise is None else {"noise_log": np.array([np.log(pri.noise[0]), pri.noise[1]])})}
 
 
 def structure_key(spec: ModelSpec) -> tuple:
@@ -116,7 +117,7 @@ def structure_key(spec: ModelSpec) -> tuple:
     Two specs with the same key share one compiled sampler. Usage: ``run_nuts(..., cache_key=structure_key(spec))``
     """
     return ("law", spec.law, spec.groups, tuple(len(spec.levels[g]) for g in spec.groups), len(spec.cells),
-            tuple(spec.centered), spec.likelihood, has_factor_effects(spec))
+            tuple(spec.centered), spec.likelihood, has_factor_effects(spec), spec.priors.noise is not None)
 
 
 def _split(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -234,7 +235,8 @@ def build_model(spec: ModelSpec):
             covariates = {k: v[pad_index] for k, v in covariates.items()}
             y, cell = (None if y is None else y[pad_index]), None
         mean = law.mean_by_cell(dict(zip(law.params, theta)), covariates, grids, cell, xp=jnp)
-        sigma = numpyro.sample("sigma", dist.HalfNormal(priors["noise_sd"]))
+        sigma = numpyro.sample("sigma", dist.HalfNormal(priors["noise_sd"]) if "noise_log" not in priors
+                               else dist.LogNormal(priors["noise_log"][0], priors["noise_log"][1]))
         if spec.likelihood == "student_t":
             nu = numpyro.sample("nu", dist.Gamma(priors["nu_shape"], priors["nu_rate"]))
             noise = dist.StudentT(nu, mean, sigma)

@@ -68,7 +68,8 @@ def build_pymc_model(spec: ModelSpec, data: dict, coords: dict | None = None) ->
         covariates = {name: data[name] for name in law.covariates}
         mean = law.mean_by_cell({p: theta[i] for i, p in enumerate(params)}, covariates, spec.law_grids,
                                 data["cell"], xp=PT)
-        sigma = pm.HalfNormal("sigma", pri.noise_sd)
+        sigma = (pm.HalfNormal("sigma", pri.noise_sd) if pri.noise is None
+                 else pm.LogNormal("sigma", mu=np.log(pri.noise[0]), sigma=pri.noise[1]))
         if spec.likelihood == "student_t":
             nu = pm.Gamma("nu", alpha=pri.nu_shape, beta=pri.nu_rate)
             pm.StudentT("obs", nu=nu, mu=mean, sigma=sigma, observed=data["y"])

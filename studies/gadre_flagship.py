@@ -74,7 +74,7 @@ def main(argv=None) -> pd.DataFrame:
     print(f"bayescale fit: {time.perf_counter() - t0:.1f} s\ndiagnostics: {fit.diagnostics}")
 
     t0 = time.perf_counter()
-    calibration = calibrate_extrapolation(train, settings=SamplerSettings(seed=args.seed))
+    calibration = calibrate_extrapolation(fit)
     print(f"{calibration} ({time.perf_counter() - t0:.1f} s)\nrefit without the 412M models: {calibration.diagnostics}")
     if not calibration.diagnostics.ok:
         print("NOTE: that refit (3 models per curve) fails the convergence checks, so the calibrated bands below rest "

@@ -62,8 +62,8 @@ def test_calibrated_forecast_widens_only_beyond_the_data(bent_runs):
     train = bent_runs.subset(bent_runs.data["compute_flops"] < 1e21)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cal = calibrate_extrapolation(train, settings=SMALL)
         fit = fit_law(train, settings=SMALL)
+        cal = calibrate_extrapolation(fit)
     assert cal.n_runs == 3 and cal.distance_range[0] > 0
     assert cal.quantile(0.05) > 0.002  # the bend is seen inside the training runs
     assert isinstance(cal.diagnostics.max_rhat, float)

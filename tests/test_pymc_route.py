@@ -52,3 +52,18 @@ def test_hierarchical_pymc_and_numpyro_agree():
     df, _ = simulate_runs(4, np.geomspace(1e18, 1e21, 6), noise_sd=0.01, seed=3)
     runs4 = load_runs(df, scale="compute_flops", groups=["family"])
     agree(runs4, QUANTITIES + ("mu", "sd_cell"), seed=1)
+
+
+def test_noise_prior_is_the_same_lognormal_in_both_engines(runs):
+    import numpyro
+    import pymc as pm
+    from scipy import stats
+
+    from bayescale.model import build_model
+
+    spec = ModelSpec.from_runs(runs).with_priors(noise=(0.02, 0.3))
+    data = model_data(runs, spec)
+    expected = stats.lognorm(0.3, scale=0.02).logpdf(0.015)
+    trace = numpyro.handlers.trace(numpyro.handlers.seed(build_model(spec), 0)).get_trace(**data)
+    np.testing.assert_allclose(float(trace["sigma"]["fn"].log_prob(0.015)), expected, rtol=1e-9)
+    np.testing.assert_allclose(float(pm.logp(build_pymc_model(spec, data)["sigma"], 0.015).eval()), expected, rtol=1e-9)
