@@ -293,9 +293,9 @@ class SamplerSettings:
     #: Laplace approximation (diagonal: 1 / the potential's Hessian diagonal), which is also the initial
     #: metric; costs one Hessian (one gradient per parameter). "auto" (default): "mode" for loss laws
     #: whose every curve has >= ``MODE_MIN_RUNS_PER_CURVE`` runs, else "prior_mean". The mode start is
-    #: what fits 1e6 rows on an H200 in 36 s and 1e5 rows on 2 CPU cores at 2.7x PyMC's ESS/s (README
-    #: "Large tables and GPUs"); it is bad for sparse hierarchies (few runs per curve), whose mode is the
-    #: funnel's neck (spreads near zero).
+    #: what fits 1e6 rows on an H200 in 51-56 s with the default draws and 1e5 rows on 2 CPU cores at 2.7x
+    #: PyMC's min-ESS/s (README "Large tables and GPUs"); it is bad for sparse hierarchies (few runs per
+    #: curve), whose mode is the funnel's neck (spreads near zero).
     init: Literal["auto", "prior_mean", "mode"] = "auto"
     seed: int = 0
     chain_method: Literal["auto", "vectorized", "parallel", "sequential"] = "auto"
