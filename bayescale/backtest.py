@@ -194,7 +194,7 @@ def calibrate_extrapolation(fit: Fit | RunTable, *, law: str = "saturating", lik
     if isinstance(fit, Fit):
         runs, law, likelihood, settings = fit.runs, fit.spec.law, fit.spec.likelihood, settings or fit.settings
         log_sigma = np.log(fit.noise_draws()[0])
-        noise = (float(np.exp(log_sigma.mean())), float(log_sigma.std()))
+        noise = (float(np.exp(log_sigma.mean())), max(float(log_sigma.std()), 1e-3))
     else:
         runs = fit
     mask = holdout_mask(runs, holdout)

@@ -65,6 +65,11 @@ class Priors:
     nu_rate: float = 0.1
     extra: dict = field(default_factory=dict)  # law parameter -> (loc, scale), for names that are not fields
 
+    def __post_init__(self):
+        if self.noise is not None and not (len(self.noise) == 2 and all(np.isfinite(self.noise))
+                                           and self.noise[0] > 0 and self.noise[1] > 0):
+            raise ValueError(f"priors.noise must be (median > 0, sd of log > 0), got {self.noise!r}")
+
     def loc_scale(self, name: str) -> tuple[float, float]:
         """(loc, scale) of the population mean of law parameter ``name``. Usage: ``priors.loc_scale("log_beta")``."""
         value = self.extra.get(name, getattr(self, name, None) if name in _PRIOR_FIELDS else None)
