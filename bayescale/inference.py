@@ -158,7 +158,7 @@ _PROGRAMS: dict = {}
 #: one device). So on CPU "auto" runs the chains of tables this large on one device ("sequential":
 #: the calls are dispatched at once, and memory stays flat; 54 s against 107 s for vectorized chains
 #: on 1e5 rows with 100 + 100 draws), and an explicit "parallel" warns. The threshold lies between
-#: the two measured sizes (README "Engines side by side").
+#: the two measured sizes (benchmarks/HISTORY.md).
 CPU_PARALLEL_MEMORY_ROWS = 50_000
 
 

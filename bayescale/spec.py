@@ -304,7 +304,7 @@ class SamplerSettings:
     init: Literal["auto", "prior_mean", "mode"] = "auto"
     seed: int = 0
     chain_method: Literal["auto", "vectorized", "parallel", "sequential"] = "auto"
-    precision: Literal["float64", "float32"] = "float64"  # float32: less exact, no faster on an H200 (README)
+    precision: Literal["float64", "float32"] = "float64"  # float32: no faster on an H200, and stuck or slow on large tables (README)
     engine: Literal["numpyro", "pymc", "nutpie", "svi"] = "numpyro"  # pymc/nutpie: bayescale.pymc_model
     svi_steps: int = 20000  # engine="svi" (approximate, for very large tables): optimisation steps
     posterior_predictive: bool = True
