@@ -183,11 +183,11 @@ def calibrate_extrapolation(fit: Fit | RunTable, *, law: str = "saturating", lik
     ``fit.forecast(..., calibration=cal)``.
 
     Given the ``Fit`` to calibrate (recommended), the refit takes its runs, law, likelihood and settings
-    (``law`` and ``likelihood`` are then ignored), and its noise prior is that fit's noise posterior (``Priors.noise``: a LogNormal matched to
-    the draws of log sigma): the run-to-run noise is measured on all runs, and curves left with as
-    few runs as the law has parameters (Gadre's: 3) then cannot fit their runs exactly at a noise
-    near zero, a funnel in which NUTS does not mix. Given a ``RunTable``, the refit uses the keyword
-    arguments and the default noise prior.
+    (``law`` and ``likelihood`` are then ignored), and its noise prior is that fit's noise posterior
+    (``Priors.noise``: a LogNormal matched to the draws of log sigma): the run-to-run noise is measured
+    on all runs, and curves left with as few runs as the law has parameters (Gadre's: 3) then cannot fit
+    their runs exactly at a noise near zero, a funnel in which NUTS does not mix. Given a ``RunTable``,
+    the refit uses the keyword arguments and the default noise prior.
     Usage: ``cal = calibrate_extrapolation(fit); fit.forecast([1e23], calibration=cal)``
     """
     noise = None
