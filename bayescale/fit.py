@@ -16,7 +16,7 @@ Two-variable law L(N, D) = E + A/N^alpha + B/D^beta and compute-optimal allocati
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import arviz_base
 import numpy as np
@@ -359,6 +359,8 @@ def _coords_dims(spec: ModelSpec) -> tuple[dict, dict]:
             "z_cell": ["noncentered_param", "cell"]}
     if len(centered) == len(params):
         del coords["noncentered_param"], dims["z_cell"]
+    if not centered:
+        del coords["centered_param"], dims["cell_centered"]
     for g in spec.groups:
         dims.update({f"sd_{g}": ["law_param"], f"z_{g}": ["law_param", f"{g}_level"]})
     return coords, dims
@@ -411,7 +413,8 @@ def fit_many(tables: Sequence[RunTable], *, likelihood: str = "normal", settings
              law: str = "saturating", warn: bool = False) -> list[Fit]:
     """Independent fits of many run tables of the same shape, sampled together in one vectorized program.
 
-    Each table gets its own spec (its own scale-aware priors) and its own ``Fit`` with diagnostics;
+    Each table gets its own spec (its own scale-aware priors; the first table's centring, see
+    ``bayescale.centring``) and its own ``Fit`` with diagnostics;
     the tables must have the same structure (curves, runs per curve): e.g. one table per simulated
     data set, per bootstrap resample or per candidate design. Much faster than a loop of
     ``fit_law`` for many small fits (``benchmarks/engines.py``). ``warn=True`` emits each fit's
@@ -422,6 +425,7 @@ def fit_many(tables: Sequence[RunTable], *, likelihood: str = "normal", settings
     if settings.engine != "numpyro":
         raise ValueError(f"fit_many samples with bayescale's NumPyro engine; got engine={settings.engine!r}")
     specs = [ModelSpec.from_runs(r, likelihood=likelihood, law=law) for r in tables]
+    specs = [replace(s, centered=specs[0].centered) for s in specs]  # one parametrization: the first table's
     keys = {structure_key(s) for s in specs}
     if len(keys) > 1:
         raise ValueError(f"fit_many needs tables of one structure (same law, factors, levels and curves); got "

@@ -11,8 +11,8 @@ Factor effects exist with two or more grouping factors (crossed design) of >= 3 
 (``has_factor_effects``; with fewer the cells are pooled directly) and sum to zero over the levels
 (``ZeroSumNormal``: no ridge between mu and the effects); with one factor the cells are its levels.
 Parameters the data pin down (``spec.centered``: by default the level and slope over the fitted
-range, and the exponent for dense curves) are centred at the cell level; the exponent of sparse
-curves is non-centred. This, the reference parametrization of ``bayescale.laws`` and float64 make
+range where they vary across curves more than their per-curve error, ``bayescale.centring``, and the
+exponent for dense curves) are centred at the cell level; the others are non-centred. This, the reference parametrization of ``bayescale.laws`` and float64 make
 the model mix (see ``studies/parametrization.py``). The law parameters share vector-valued sample
 sites, which keeps the JAX graph (and compile time) small. The law's mean
 function comes from ``spec.law_def`` and its covariates (``u``; or ``uN``, ``uD``) from ``model_data``;

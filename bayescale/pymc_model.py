@@ -60,8 +60,9 @@ def build_pymc_model(spec: ModelSpec, data: dict, coords: dict | None = None) ->
                                                             shape=(n_par, len(spec.levels[factor])))
             draws["sd_cell"] = sd_cell = pm.HalfNormal("sd_cell", group_sd / 2, shape=n_par)
             base = _base(draws, spec, cell_levels, PT)
-            draws["cell_centered"] = pm.Normal("cell_centered", base[centered], sd_cell[centered][:, None],
-                                               shape=(len(centered), n_cells))
+            if len(centered):
+                draws["cell_centered"] = pm.Normal("cell_centered", base[centered], sd_cell[centered][:, None],
+                                                   shape=(len(centered), n_cells))
             if len(noncentered):
                 draws["z_cell"] = pm.Normal("z_cell", 0.0, 1.0, shape=(len(noncentered), n_cells))
         theta = cell_values(draws, spec, cell_levels, PT)

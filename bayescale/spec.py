@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 from .laws import LOG_EXPONENT_PRIOR, SATURATING, Law, get_law, response_scales
+from .centring import pinned_centring
 from .runs import RunTable, RunTableError, _positive_floats
 
 __all__ = ["Priors", "ModelSpec", "SamplerSettings", "default_priors", "LAW_PARAMS", "GRID_POINTS",
@@ -142,10 +143,11 @@ class ModelSpec:
     """What to fit: the law, the grouping factors and their levels, priors and likelihood.
 
     ``centered`` lists the per-cell parameters sampled in the centred parametrization
-    (those the data pin down); the others are non-centred. ``from_runs`` always centres the
-    level and slopes, and centres the exponents too when the median curve has at least
-    ``CENTER_ALPHA_MIN_SCALES`` distinct scales (dense curves: non-centring them makes NUTS take
-    several times more steps).
+    (those the data pin down); the others are non-centred. ``from_runs`` centres the level and
+    slopes when the data pin each curve's value down better than the values vary across curves
+    (``bayescale.centring``: curves sharing one slope open a funnel if centred), and centres the
+    exponents when the median curve has at least ``CENTER_ALPHA_MIN_SCALES`` distinct scales (dense
+    curves: non-centring them makes NUTS take several times more steps).
 
     Covariates: ``covariates`` (run-table columns, one per covariate of the law), ``log_refs``
     (their reference log values, the data's means) and ``grids`` (reference grids of centred
@@ -178,7 +180,8 @@ class ModelSpec:
         ``law``: a registered law (``bayescale.laws.LAWS``): ``"saturating"`` (default),
         ``"chinchilla"`` (needs the run table's ``params_col`` and ``tokens_col``), ``"power"``
         (no floor) or ``"broken"`` (smoothly broken power law, one break).
-        Centring: the law's ``pinned`` parameters always; the others too for dense curves.
+        Centring: the law's ``pinned`` parameters as ``bayescale.centring.pinned_centring`` decides;
+        the others for dense curves.
         ``log_x_ref``: reference log value of the first covariate (default: the data's mean).
         """
         if likelihood not in ("normal", "student_t"):
@@ -203,17 +206,20 @@ class ModelSpec:
         keys = runs.data[list(runs.groups) + list(dict.fromkeys(columns))].drop_duplicates()
         per_curve = keys.groupby(list(runs.groups)).size() if runs.groups else [len(keys)]  # distinct scales
         dense = float(np.median(per_curve)) >= CENTER_ALPHA_MIN_SCALES
-        centered = law_def.params if dense else law_def.pinned
+        factor_effects = crossed_effects(runs.groups, levels)
+        priors = priors if priors is not None else default_priors(runs, log_x_ref=refs[0], law=law_def)
+        pinned = pinned_centring(runs, law_def, logs, refs, grids, priors, factor_effects)
+        centered = [p for p in law_def.params if p in pinned or (dense and p not in law_def.pinned)]
         cells = runs.cells()
         return cls(
             scale=runs.scale, response=runs.response, groups=runs.groups, levels=levels,
             cells=(tuple(tuple(r) for r in cells[list(runs.groups)].itertuples(index=False)) if runs.groups
                    else ((),)),  # a frame without columns iterates to no rows under some pandas versions
             log_x_ref=refs[0], grid=grids[0],
-            priors=priors if priors is not None else default_priors(runs, log_x_ref=refs[0], law=law_def),
+            priors=priors,
             likelihood=likelihood, law=law_def.name, centered=tuple(centered),
             covariates=columns, log_refs=tuple(refs), grids=tuple(grids),
-            factor_effects=crossed_effects(runs.groups, levels),
+            factor_effects=factor_effects,
         )
 
     @property
