@@ -4,7 +4,7 @@ Usage:
     bayescale fit runs.csv --scale compute_flops --groups train_dataset,eval_set -o fit.nc
     bayescale fit --config study.toml                  # same keys as the options, see below
     bayescale forecast fit.nc --scales 1e22 1e23 --group rpj,c4_val [--calibrate] [-o forecast.csv]
-    bayescale plan fit.nc --target-loss 2.8 --group rpj,c4_val [-o plan.csv]
+    bayescale plan fit.nc --target-loss 2.8 --group rpj,c4_val [--calibrate] [-o plan.csv]
     bayescale report fit.nc [-o fit.html]
     bayescale simulate --n-groups 6 --seed 1 -o runs.csv [--truth truth.csv]
 
@@ -246,19 +246,25 @@ def _intervals(values) -> tuple[float, ...]:
     return tuple(values)
 
 
+def _calibration(fit, wanted: bool):
+    """The fit's extrapolation error (one more fit) when ``--calibrate`` was given, else None."""
+    if not wanted:
+        return None
+    from .backtest import calibrate_extrapolation
+
+    _say("learning the extrapolation error: refit without each curve's largest scale")
+    with _bad_input():
+        calibration = calibrate_extrapolation(fit)
+    _say(f"{calibration}; that refit: {calibration.diagnostics}")
+    return calibration
+
+
 def _cmd_forecast(args) -> int:
     import pandas as pd
 
     fit = _load(args.fit)
     intervals = _intervals(args.intervals)
-    calibration = None
-    if args.calibrate:
-        from .backtest import calibrate_extrapolation
-
-        _say("learning the extrapolation error: refit without each curve's largest scale")
-        with _bad_input():
-            calibration = calibrate_extrapolation(fit)
-        _say(f"{calibration}; that refit: {calibration.diagnostics}")
+    calibration = _calibration(fit, args.calibrate)
     with _bad_input():
         table = pd.concat([fit.forecast(args.scales, group=g, intervals=intervals, seed=args.seed,
                                         calibration=calibration)
@@ -272,8 +278,9 @@ def _cmd_plan(args) -> int:
 
     fit = _load(args.fit)
     intervals = _intervals(args.intervals)
+    calibration = _calibration(fit, args.calibrate)
     with _bad_input():
-        table = pd.concat([fit.required_scale(t, group=g, intervals=intervals)
+        table = pd.concat([fit.required_scale(t, group=g, intervals=intervals, calibration=calibration)
                            for g in _groups(fit, args.group) for t in args.target_loss], ignore_index=True)
     _write_table(table, args.out)
     return EXIT_OK
@@ -363,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-loss", type=float, nargs="+", required=True, dest="target_loss", help="target loss(es)")
     p.add_argument("--group", action="append", help=group_help)
     p.add_argument("--intervals", type=float, nargs="+", default=[0.5, 0.9], help="band masses (default 0.5 0.9)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="include the extrapolation error learned from the fit's runs beyond the data "
+                        "(one more fit; bayescale.backtest.calibrate_extrapolation)")
     p.add_argument("-o", "--out", help="CSV file to write (default: stdout)")
     p.set_defaults(func=_cmd_plan)
 

@@ -17,6 +17,11 @@ Usage:
     fit = fit_law(runs)
     cal = calibrate_extrapolation(fit)               # bayescale.backtest
     fit.forecast([1e23], group="c4_val", calibration=cal)
+    fit.required_scale(2.5, group="c4_val", calibration=cal)
+
+In inverse planning each posterior draw is one path, ``mu(x) * (1 + tau * d(x) * z)`` with one ``z``
+per draw (the law is off by a fraction that grows with distance), so at every scale the path has the
+forecast's distribution; the required scale is where the path first reaches the target.
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
-__all__ = ["ExtrapolationCalibration", "extrapolation_distance", "predictive_logpdf", "tau_posterior"]
+__all__ = ["ExtrapolationCalibration", "extrapolation_distance", "predictive_logpdf", "tau_posterior",
+           "first_crossing", "SEARCH_E_FOLDS"]
+
+#: Inverse planning with the extrapolation error searches this many e-folds beyond the data (a factor
+#: e^40 = 2e17 in scale); a target not reached there counts as unreachable.
+SEARCH_E_FOLDS = 40.0
 
 
 def extrapolation_distance(scale_over_max_fitted) -> np.ndarray:
@@ -56,6 +66,21 @@ def tau_posterior(y, mu, sigma, nu, distance, prior_scale: float, grid: np.ndarr
     logp += stats.halfnorm.logpdf(grid, scale=prior_scale)
     w = np.exp(logp - logp.max())
     return w / w.sum()
+
+
+def first_crossing(log_x: np.ndarray, paths: np.ndarray, target: float) -> np.ndarray:
+    """First ``log_x`` (G,) at which each path (S, G) falls to ``target``, linearly interpolated between
+    grid points; ``inf`` where it never does. Usage: ``first_crossing(np.log(x), loss_paths, 2.5)``"""
+    below = paths <= target
+    hit = below.any(axis=1)
+    j = np.argmax(below, axis=1)
+    i = np.maximum(j - 1, 0)
+    rows = np.arange(len(paths))
+    y0, y1 = paths[rows, i], paths[rows, j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where((j > 0) & (y0 != y1), (y0 - target) / (y0 - y1), 0.0)
+    out = log_x[i] + np.clip(frac, 0.0, 1.0) * (log_x[j] - log_x[i])
+    return np.where(hit, out, np.inf)
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import allocation
-from .extrapolation import extrapolation_distance
+from .extrapolation import SEARCH_E_FOLDS, extrapolation_distance, first_crossing
 from .inference import Diagnostics, diagnose, run_nuts, run_nuts_batched, run_svi, warn_if_bad
 from .model import build_model, cell_values, model_data, new_cell_draws, structure_key
 from .runs import RunTable
@@ -210,7 +210,7 @@ class Fit:
         return float(scales[mask].max() if mask.any() else scales.max())
 
     def required_scale(self, target_loss: float, group=None, intervals: Sequence[float] = (0.5, 0.9),
-                       return_draws: bool = False):
+                       return_draws: bool = False, calibration=None, seed: int = 0):
         """Posterior of the scale at which the law reaches ``target_loss``.
 
         Returns a one-row DataFrame: ``prob_unreachable`` (posterior probability that the
@@ -218,15 +218,21 @@ class Fit:
         required scale in the scale column's units (``inf`` where the quantile falls among unreachable
         draws). With ``return_draws=True`` returns the draws instead (``inf`` = unreachable).
         One-variable laws only; the broken law is inverted by bisection (``Law.log_scale_to_reach``).
-        Usage: ``fit.required_scale(2.5, group="c4_val")``
+        ``calibration`` (``calibrate_extrapolation``): include the law's extrapolation error beyond the
+        group's largest run (one path per draw, see ``bayescale.extrapolation``; searched up to
+        ``SEARCH_E_FOLDS`` e-folds beyond the data, further counts as unreachable).
+        Usage: ``fit.required_scale(2.5, group="c4_val")``, ``fit.required_scale(2.5, calibration=cal)``
         """
         law = self.spec.law_def
         if len(law.covariates) != 1:
             raise ValueError(f"required_scale needs a one-variable law; for the {self.spec.law!r} law use "
                              "fit.required_compute(target_loss) (budget at the compute-optimal allocation)")
-        u = law.log_scale_to_reach(float(target_loss), self._theta_draws(group), self.spec.law_grids)
-        draws = np.exp(np.minimum(u + self.spec.log_x_ref, 700.0))
-        draws[~np.isfinite(u)] = np.inf
+        u = law.log_scale_to_reach(float(target_loss), self._theta_draws(group, seed), self.spec.law_grids)
+        log_x = u + self.spec.log_x_ref
+        if calibration is not None:
+            log_x = self._calibrated_crossing(float(target_loss), group, log_x, calibration, seed)
+        draws = np.exp(np.minimum(log_x, 700.0))
+        draws[~np.isfinite(log_x)] = np.inf
         if return_draws:
             return draws
         out = {"target_loss": [float(target_loss)], **{k: [v] for k, v in self._group_columns(group).items()},
@@ -235,6 +241,17 @@ class Fit:
         # inverted_cdf: no interpolation, so quantiles among unreachable (inf) draws are inf, not nan
         out.update({k: [float(v)] for k, v in _interval_columns("", draws, intervals, "inverted_cdf").items()})
         return pd.DataFrame(out)
+
+    def _calibrated_crossing(self, target: float, group, log_x: np.ndarray, calibration, seed: int) -> np.ndarray:
+        """Log scale where each draw's path with extrapolation error first reaches ``target``: the law's
+        own root inside the data, else the first crossing on a grid of 0.05 e-folds beyond it."""
+        log_max = np.log(self._max_fitted_scale(group))
+        grid = log_max + np.arange(0.0, SEARCH_E_FOLDS + 1e-9, 0.05)
+        law = self.law_draws(np.exp(grid), group, seed=seed)
+        rng = np.random.default_rng(seed)
+        tau = calibration.draws(law.shape[0], rng)[:, None]
+        paths = law + tau * (grid - log_max)[None, :] * np.abs(law) * rng.standard_normal((law.shape[0], 1))
+        return np.where(log_x <= log_max, log_x, first_crossing(grid, paths, target))
 
     # ---- summaries -----------------------------------------------------------------------
     def natural_draws(self, group=None, seed: int = 0) -> dict:

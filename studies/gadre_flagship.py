@@ -96,11 +96,23 @@ def main(argv=None) -> pd.DataFrame:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
+    # inverse planning: the compute at which each curve reaches its held-out 6.9B model's loss
+    largest = heldout[heldout["params"] == heldout["params"].max()]
+    plans = []
+    for cal, label in ((None, "law"), (calibration, "law + extrapolation error")):
+        hits = []
+        for _, row in largest.iterrows():
+            p = fit.required_scale(row["loss"], group=tuple(row[GROUPS]), intervals=(0.9,), calibration=cal)
+            hits.append(p["lower_90"].iloc[0] <= row[SCALE] <= p["upper_90"].iloc[0])
+        plans.append(f"{label}: the 90% interval of the compute needed to reach each curve's 6.9B loss contains "
+                     f"the 6.9B model's compute ({largest[SCALE].iloc[0]:.2e} FLOPs) for {sum(hits)} of {len(hits)} curves")
+    print("\n".join(plans))
+
     path = write_report(fit, args.out, title="bayescale flagship: Gadre et al. losses, M = 20",
                         heldout=heldout[GROUPS + [SCALE, "loss"]],
                         tables={"Held-back 1.4B / 6.9B runs: bayescale vs curve_fit": table},
                         notes=[f"Fitted on models < {HOLDOUT_PARAMS:.0e} params; held back {len(heldout)} runs.",
-                               f"{calibration}."])
+                               f"{calibration}.", *plans])
     print(f"report written: {path}")
     return table
 

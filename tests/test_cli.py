@@ -181,3 +181,20 @@ def test_forecast_calibrate_widens_the_bands_beyond_the_data(capsys, fitted, tmp
     np.testing.assert_allclose(width(cal)[0], width(plain)[0])  # inside the data: unchanged
     assert width(cal)[1] > width(plain)[1]
     np.testing.assert_allclose(cal["median"], plain["median"])
+
+
+def test_plan_calibrate_includes_the_extrapolation_error(capsys, fitted, tmp_path):
+    """``plan --calibrate``: the same refit, then the required scale with the law's extrapolation error."""
+    import warnings
+
+    fit = load_fit(fitted[0])
+    target = 0.97 * float(fit.runs.data.loc[fit.runs.data["train_dataset"] == "rpj", "loss"].min())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the refit has 3 runs per curve and tiny settings: it warns
+        code, out, err = run_main(capsys, "plan", fitted[0], "--target-loss", str(target), "--group", "rpj",
+                                  "--intervals", "0.5", "--calibrate", "-o", tmp_path / "plan.csv")
+    assert code == 0, err
+    assert "extrapolation error:" in err
+    cal, plain = pd.read_csv(tmp_path / "plan.csv"), fit.required_scale(target, group="rpj", intervals=(0.5,))
+    assert cal["lower_50"].iloc[0] < plain["lower_50"].iloc[0]  # law too pessimistic in some draws: sooner
+    assert cal["prob_unreachable"].iloc[0] >= plain["prob_unreachable"].iloc[0]

@@ -7,7 +7,7 @@ import pytest
 
 from bayescale import SamplerSettings, load_runs
 from bayescale.backtest import calibrate_extrapolation
-from bayescale.extrapolation import ExtrapolationCalibration, extrapolation_distance, tau_posterior
+from bayescale.extrapolation import ExtrapolationCalibration, extrapolation_distance, first_crossing, tau_posterior
 from bayescale.fit import fit_law
 from bayescale.simulate import simulate_runs
 
@@ -58,11 +58,10 @@ def bent_runs():
     return load_runs(df, scale="compute_flops", groups=["family"])
 
 
-def test_calibrated_forecast_widens_only_beyond_the_data(bent_runs):
-    train = bent_runs.subset(bent_runs.data["compute_flops"] < 1e21)
+def test_calibrated_forecast_widens_only_beyond_the_data(bent_runs, bent_fit):
+    fit = bent_fit
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = fit_law(train, settings=SMALL)
         cal = calibrate_extrapolation(fit)
     assert cal.n_runs == 3 and cal.distance_range[0] > 0
     assert cal.quantile(0.05) > 0.002  # the bend is seen inside the training runs
@@ -96,3 +95,44 @@ def test_calibration_without_extrapolating_runs_warns(bent_runs):
         warnings.simplefilter("always", UserWarning)
         with pytest.warns(UserWarning, match="posterior is the prior"):
             calibrate_extrapolation(bent_runs, settings=SMALL, holdout=mask)
+
+
+def test_first_crossing():
+    grid = np.linspace(0.0, 10.0, 101)
+    paths = np.stack([3.0 - 0.1 * grid, np.full_like(grid, 3.0), 1.0 + 0 * grid])
+    np.testing.assert_allclose(first_crossing(grid, paths, 2.45), [5.5, np.inf, 0.0])
+
+
+def _fixed_tau(tau: float) -> ExtrapolationCalibration:
+    """A calibration whose posterior is ``tau`` (one grid cell of width 1e-12)."""
+    return ExtrapolationCalibration(np.array([tau, tau + 1e-12]), np.array([1.0, 0.0]), 0.05, 1, (1.0, 1.0))
+
+
+@pytest.fixture(scope="module")
+def bent_fit(bent_runs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fit_law(bent_runs.subset(bent_runs.data["compute_flops"] < 1e21), settings=SMALL)
+
+
+def test_required_scale_with_the_extrapolation_error(bent_fit):
+    target = float(bent_fit.forecast([1e23], group="A")["median"].iloc[0])  # ~1.5 decades beyond the data
+    plain = bent_fit.required_scale(target, group="A", return_draws=True)
+    none = bent_fit.required_scale(target, group="A", return_draws=True, calibration=_fixed_tau(0.0))
+    ok = np.isfinite(plain)
+    assert ok.mean() > 0.9 and np.array_equal(ok, np.isfinite(none))
+    assert np.max(np.abs(np.log(none[ok] / plain[ok]))) < 0.01  # no extrapolation error: the law's roots
+    cal = _fixed_tau(0.02)
+    wide = bent_fit.required_scale(target, group="A", return_draws=True, calibration=cal)
+    quartile = lambda d: np.quantile(d, 0.25, method="inverted_cdf")  # noqa: E731
+    assert quartile(wide) < quartile(plain)  # draws whose law is too pessimistic get there sooner,
+    assert np.mean(~np.isfinite(wide)) > np.mean(~np.isfinite(plain)) + 0.05  # too optimistic ones later or never
+    # one path per draw: P(required scale <= x) is the forecast's P(loss at x <= target)
+    x = float(np.quantile(wide, 0.5))
+    law = bent_fit.law_draws([x], group="A")[:, 0]
+    rng = np.random.default_rng(5)
+    d = extrapolation_distance(bent_fit.scale_over_max_fitted([x], group="A"))[0]
+    p = np.mean(law + cal.draws(len(law), rng) * d * np.abs(law) * rng.standard_normal(len(law)) <= target)
+    assert abs(p - 0.5) < 4 * np.sqrt(2 * 0.25 / len(law)) + 1 / len(law)  # two independent Monte Carlo halves
+    table = bent_fit.required_scale(target, group="A", calibration=cal, intervals=(0.9,))
+    assert table["lower_90"].iloc[0] < table["median"].iloc[0] < table["upper_90"].iloc[0]
