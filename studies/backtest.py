@@ -80,6 +80,18 @@ def datasets() -> dict:
     }
 
 
+def pooled_coverage(table: pd.DataFrame) -> pd.DataFrame:
+    """Per method, the 90% band coverage over every held-out run of every dataset it scored."""
+    rows = []
+    for method, part in table.groupby("method", sort=False):
+        part = part[part["coverage_90"].notna()]
+        covered = float(np.round((part["coverage_90"] * part["n_scored"]).sum()))
+        n = int(part["n_scored"].sum())
+        rows.append({"method": method, "datasets": len(part), "n_scored": n, "covered_90": int(covered),
+                     "coverage_90": covered / n if n else np.nan})
+    return pd.DataFrame(rows)
+
+
 def main(argv=None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "reports" / "backtest.md"))
@@ -109,7 +121,9 @@ def main(argv=None) -> pd.DataFrame:
                      f"{bt.calibration.diagnostics.n_divergent} divergences)")
     table = pd.concat(tables, ignore_index=True)
     table = table[["dataset", *[c for c in table.columns if c != "dataset"]]]
-    text = markdown_table(table) + "\n\n" + "\n".join(lines) + "\n"
+    pooled = pooled_coverage(table)
+    text = (markdown_table(table) + "\n\nPooled over the datasets (each held-out run counts once):\n\n"
+            + markdown_table(pooled) + "\n\n" + "\n".join(lines) + "\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(f"\n{text}\ntable written: {args.out}")
