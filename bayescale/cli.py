@@ -5,6 +5,7 @@ Usage:
     bayescale fit --config study.toml                  # same keys as the options, see below
     bayescale forecast fit.nc --scales 1e22 1e23 --group rpj,c4_val [--calibrate] [-o forecast.csv]
     bayescale plan fit.nc --target-loss 2.8 --group rpj,c4_val [--calibrate] [-o plan.csv]
+    bayescale calibrate fit.nc [-o fit.nc]            # save the extrapolation error with the fit
     bayescale report fit.nc [-o fit.html]
     bayescale simulate --n-groups 6 --seed 1 -o runs.csv [--truth truth.csv]
 
@@ -14,7 +15,8 @@ progress messages, warnings and errors go to stderr.
 Groups (``--group``, repeatable): levels in the order of the fit's grouping factors, comma
 separated (``rpj,c4_val``), or ``factor=level`` pairs (``train_dataset=rpj,eval_set=c4_val``);
 ``(new)`` stands for a level the fit has not seen (forecast from the population). Without
-``--group``: every fitted curve.
+``--group``: every fitted curve. ``--calibrate`` (forecast, plan) adds the law's extrapolation error:
+the one ``bayescale calibrate`` saved in the fit file, else one learned on the spot (one more fit).
 
 Config files (``--config``, JSON or TOML) hold the options of ``fit`` as keys: ``runs``, ``out``,
 ``scale``, ``response``, ``groups`` (list or comma-separated string), ``query``, ``likelihood``,
@@ -246,10 +248,7 @@ def _intervals(values) -> tuple[float, ...]:
     return tuple(values)
 
 
-def _calibration(fit, wanted: bool):
-    """The fit's extrapolation error (one more fit) when ``--calibrate`` was given, else None."""
-    if not wanted:
-        return None
+def _learn_calibration(fit):
     from .backtest import calibrate_extrapolation
 
     _say("learning the extrapolation error: refit without each curve's largest scale")
@@ -257,6 +256,30 @@ def _calibration(fit, wanted: bool):
         calibration = calibrate_extrapolation(fit)
     _say(f"{calibration}; that refit: {calibration.diagnostics}")
     return calibration
+
+
+def _calibration(fit, wanted: bool):
+    """With ``--calibrate``: the extrapolation error saved with the fit (``bayescale calibrate``), else
+    learned now (one more fit); without it None."""
+    if not wanted:
+        return None
+    if fit.calibration is not None:
+        _say(f"using the saved extrapolation error: {fit.calibration}")
+        return fit.calibration
+    return _learn_calibration(fit)
+
+
+def _cmd_calibrate(args) -> int:
+    from .io import save_fit
+
+    fit = _load(args.fit)
+    fit.calibration = _learn_calibration(fit)
+    out = args.out or args.fit
+    _say(f"writing fit with its extrapolation error to {out}")
+    with _bad_input(f"cannot write fit {out!r}: "):
+        save_fit(fit, out)
+    print(str(fit.calibration))
+    return EXIT_OK
 
 
 def _cmd_forecast(args) -> int:
@@ -359,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intervals", type=float, nargs="+", default=[0.5, 0.9], help="band masses (default 0.5 0.9)")
     p.add_argument("--seed", type=int, default=0, help="seed of the new-run noise draws (default 0)")
     p.add_argument("--calibrate", action="store_true",
-                   help="widen the bands beyond the data by the extrapolation error learned from the fit's runs "
-                        "(one more fit; bayescale.backtest.calibrate_extrapolation)")
+                   help="widen the bands beyond the data by the extrapolation error: the one saved by "
+                        "'bayescale calibrate', else learned now (one more fit)")
     p.add_argument("-o", "--out", help="CSV file to write (default: stdout)")
     p.set_defaults(func=_cmd_forecast)
 
@@ -371,10 +394,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", action="append", help=group_help)
     p.add_argument("--intervals", type=float, nargs="+", default=[0.5, 0.9], help="band masses (default 0.5 0.9)")
     p.add_argument("--calibrate", action="store_true",
-                   help="include the extrapolation error learned from the fit's runs beyond the data "
-                        "(one more fit; bayescale.backtest.calibrate_extrapolation)")
+                   help="include the extrapolation error beyond the data: the one saved by "
+                        "'bayescale calibrate', else learned now (one more fit)")
     p.add_argument("-o", "--out", help="CSV file to write (default: stdout)")
     p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("calibrate", help="learn the extrapolation error and save it with the fit",
+                       description="Refit without each curve's largest scale, learn how far the law drifts beyond "
+                                   "the data (bayescale.backtest.calibrate_extrapolation) and save it in the fit "
+                                   "file, where forecast/plan --calibrate find it.")
+    p.add_argument("fit", help="saved fit (from 'bayescale fit')")
+    p.add_argument("-o", "--out", help="fit file to write (default: overwrite the input, atomically)")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("report", help="HTML report of a saved fit", description="Write a self-contained HTML report.")
     p.add_argument("fit", help="saved fit (from 'bayescale fit')")

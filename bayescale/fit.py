@@ -57,6 +57,9 @@ class Fit:
     tree: object  # arviz DataTree: posterior, posterior_predictive, observed_data, sample_stats
     diagnostics: Diagnostics
     timings: dict = field(default_factory=dict)  # seconds: "sampling" (incl. "compile"), see run_nuts
+    #: the extrapolation error learned for this fit (``calibrate_extrapolation``), kept with it by
+    #: ``save_fit``; forecasts use it only when passed: ``fit.forecast(x, calibration=fit.calibration)``
+    calibration: object = None
 
     # ---- posterior draws -------------------------------------------------------------
     def _flat(self, name: str) -> np.ndarray:

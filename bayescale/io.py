@@ -6,7 +6,7 @@ Usage:
     fit = load_fit("fits/gadre.nc")
     fit.forecast([1e22], group=("rpj", "c4_val"))
 
-File format (``FORMAT_VERSION`` 1): a single netCDF-3 file (64-bit offset), written and read by
+File format (``FORMAT_VERSION`` 2): a single netCDF-3 file (64-bit offset), written and read by
 xarray's built-in netCDF writer (the ``scipy`` engine; netCDF-4 needs ``netCDF4`` or ``h5netcdf``,
 which bayescale does not depend on). netCDF-3 has no groups, so the ArviZ DataTree ``fit.tree`` is
 flattened: variable ``v`` of group ``/posterior`` is stored as ``posterior.v`` with dimensions
@@ -16,7 +16,9 @@ flattened: variable ``v`` of group ``/posterior`` is stored as ``posterior.v`` w
 - ``bayescale_format_version``: the format version (``load_fit`` refuses newer versions),
 - ``bayescale_metadata``: JSON with the tree layout (group and variable names, dims, dtypes,
   attributes) and the fit's non-array parts: ``RunTable`` (scale, response, groups, notes),
-  ``ModelSpec`` (incl. ``Priors``), ``SamplerSettings``, ``Diagnostics`` (counts), ``timings``.
+  ``ModelSpec`` (incl. ``Priors``), ``SamplerSettings``, ``Diagnostics`` (counts), ``timings`` and,
+  from version 2, ``calibration`` (an ``ExtrapolationCalibration`` or null; version-1 files load
+  without one).
 
 The run table (``runs.data``, ``runs.duplicates``) and ``diagnostics.table`` are stored as Parquet
 bytes in variables ``bayescale.table.<key>``, so every column keeps its exact dtype and value; object
@@ -39,6 +41,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .extrapolation import ExtrapolationCalibration
 from .fit import Fit
 from .inference import Diagnostics
 from .runs import RunTable
@@ -49,11 +52,12 @@ __all__ = ["save_fit", "load_fit", "FitFileError", "FORMAT_NAME", "FORMAT_VERSIO
 #: Marker stored in every saved fit (global attribute ``bayescale_format``).
 FORMAT_NAME = "bayescale.fit"
 #: Version of the file layout; bumped on any incompatible change. ``load_fit`` reads versions 1..this.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _TABLE_PREFIX = "bayescale.table."
 # Dataclasses a saved fit may contain; only these are rebuilt on load (never arbitrary classes).
-_CLASSES = {cls.__name__: cls for cls in (RunTable, ModelSpec, Priors, SamplerSettings, Diagnostics)}
+_CLASSES = {cls.__name__: cls for cls in (RunTable, ModelSpec, Priors, SamplerSettings, Diagnostics,
+                                          ExtrapolationCalibration)}
 _TAGS = ("__tuple__", "__dict__", "__dataclass__", "__table__", "__ndarray__")
 
 

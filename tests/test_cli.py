@@ -198,3 +198,23 @@ def test_plan_calibrate_includes_the_extrapolation_error(capsys, fitted, tmp_pat
     cal, plain = pd.read_csv(tmp_path / "plan.csv"), fit.required_scale(target, group="rpj", intervals=(0.5,))
     assert cal["lower_50"].iloc[0] < plain["lower_50"].iloc[0]  # law too pessimistic in some draws: sooner
     assert cal["prob_unreachable"].iloc[0] >= plain["prob_unreachable"].iloc[0]
+
+
+def test_calibrate_saves_the_extrapolation_error_that_forecast_then_uses(capsys, fitted, tmp_path):
+    """``calibrate`` writes a new fit file holding the calibration; ``forecast --calibrate`` uses it, no refit."""
+    import warnings
+
+    out = tmp_path / "calibrated.nc"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, stdout, err = run_main(capsys, "calibrate", fitted[0], "-o", out)
+    assert code == 0, err
+    assert "% per decade beyond the data" in stdout
+    saved = load_fit(out)
+    assert saved.calibration is not None and load_fit(fitted[0]).calibration is None  # the input is untouched
+    code, _, err = run_main(capsys, "forecast", out, "--scales", "1e22", "--group", "rpj", "--calibrate",
+                            "-o", tmp_path / "fc.csv")
+    assert code == 0, err
+    assert "using the saved extrapolation error" in err and "refit without" not in err
+    expected = saved.forecast([1e22], group="rpj", calibration=saved.calibration)
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "fc.csv")["pred_upper_90"], expected["pred_upper_90"])

@@ -1,5 +1,6 @@
 """Tests for bayescale.io: exact round trip of saved fits, atomic writes, clear errors on bad files."""
 
+import json
 import os
 
 import numpy as np
@@ -141,3 +142,27 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(fit, saved, tmp
 
     save_fit(fit, path)  # a successful overwrite keeps the file's permissions
     assert load_fit(path).spec == fit.spec and (path.stat().st_mode & 0o777) == 0o640 and not _temp_files(tmp_path)
+
+
+def test_calibration_is_saved_and_version_1_files_load_without_one(fit, tmp_path):
+    from dataclasses import replace
+
+    from bayescale.extrapolation import ExtrapolationCalibration
+
+    grid = np.linspace(0.0, 0.2, 11)
+    cal = ExtrapolationCalibration(grid, np.full(11, 1 / 11), 0.05, 4, (0.5, 1.5), diagnostics=fit.diagnostics)
+    path = save_fit(replace(fit, calibration=cal), tmp_path / "cal.nc")
+    loaded = load_fit(path)
+    np.testing.assert_array_equal(loaded.calibration.weights, cal.weights)
+    assert loaded.calibration.distance_range == (0.5, 1.5) and loaded.calibration.n_runs == 4
+    pd.testing.assert_frame_equal(loaded.calibration.diagnostics.table, fit.diagnostics.table)
+    pd.testing.assert_frame_equal(loaded.forecast([1e23], group=("dataset0", "eval_set0"), calibration=loaded.calibration),
+                                  fit.forecast([1e23], group=("dataset0", "eval_set0"), calibration=cal))
+    # a version-1 file (written before calibrations were saved) has no such entry
+    with xr.open_dataset(path, engine="scipy") as ds:
+        ds = ds.load()
+    meta = json.loads(ds.attrs["bayescale_metadata"])
+    del meta["fit"]["calibration"]
+    ds.attrs.update(bayescale_format_version=1, bayescale_metadata=json.dumps(meta))
+    ds.to_netcdf(tmp_path / "v1.nc", engine="scipy", format="NETCDF3_64BIT")
+    assert load_fit(tmp_path / "v1.nc").calibration is None
