@@ -47,7 +47,8 @@ def _thin(idx: np.ndarray, log_x: np.ndarray) -> np.ndarray:
 
 
 def _fit_curve(law: Law, u: dict, y: np.ndarray, grids, loc, scale, sigma: float):
-    """Per-curve MAP of the law's parameters under Normal(loc, scale) priors; (theta, covariance)."""
+    """Per-curve MAP of the law's parameters under Normal(loc, scale) priors: (theta, its Laplace
+    covariance, the residuals)."""
     def residuals(theta):
         mean = law.mean(dict(zip(law.params, theta)), u, grids)
         return np.concatenate([(mean - y) / sigma, (theta - loc) / scale])

@@ -223,7 +223,8 @@ class Fit:
         One-variable laws only; the broken law is inverted by bisection (``Law.log_scale_to_reach``).
         ``calibration`` (``calibrate_extrapolation``): include the law's extrapolation error beyond the
         group's largest run (one path per draw, see ``bayescale.extrapolation``; searched up to
-        ``SEARCH_E_FOLDS`` e-folds beyond the data, further counts as unreachable).
+        ``SEARCH_E_FOLDS`` e-folds beyond the data); ``prob_unreachable`` is then the probability that
+        the path does not reach the target there.
         Usage: ``fit.required_scale(2.5, group="c4_val")``, ``fit.required_scale(2.5, calibration=cal)``
         """
         law = self.spec.law_def
