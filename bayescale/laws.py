@@ -210,7 +210,8 @@ class Law:
 
     @property
     def pinned(self) -> tuple[str, ...]:
-        """Parameters the data pin down (centred even for sparse curves). Usage: ``law.pinned``."""
+        """Parameters the data pin down (centred unless they vary across curves by less than their
+        per-curve error, ``bayescale.centring``). Usage: ``law.pinned``."""
         return ("loss_mid",)
 
     def mean(self, theta: Mapping, covariates: Mapping, grids: Sequence, xp=np):
@@ -376,7 +377,7 @@ class BrokenPowerLaw(Law):
     Written on the saturating law's reference machinery: with ``S(u)`` the reducible part relative to
     u = 0 (``broken_shape_log``) and basis ``B = 1 - S``, ``L(u) = loss_mid - slope (B(u) - mean_g B) /
     beta_g`` over the 5-point grid spanning the data, so ``loss_mid`` and ``log_slope`` are the mean
-    level and least-squares slope over the data (pinned down, always centred) and the shape parameters
+    level and least-squares slope over the data (pinned down, see ``Law.pinned``) and the shape parameters
     only bend the curve. Sampled shape parameters and default priors (x = log-scale, range = its range):
 
     - ``log_alpha`` (c0, exponent before the break): ``Normal(log 0.25, 1)``;
