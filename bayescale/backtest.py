@@ -7,6 +7,9 @@ Methods in one table (``Backtest.table``), all fitted on the same training runs:
 - ``bayescale_calibrated``: the same fit, its bands widened by the extrapolation error learned from
   the training runs alone (``calibrate_extrapolation``: a second backtest inside the training runs,
   holding out each group's largest training scale; ``bayescale.extrapolation``);
+- added afterwards by ``with_calibration`` (not a ``METHODS`` entry): the same fit with any other
+  extrapolation error, e.g. ``transfer_calibration`` of other datasets' backtests (how far laws
+  drifted beyond the data in other studies; ``studies/backtest.py`` scores it leave-one-dataset-out);
 - ``curve_fit``: ``scipy.optimize.curve_fit`` per group with delta-method bands (Student-t with the
   residual degrees of freedom; ``bayescale.baselines``); one-variable law only;
 - ``huber``: the Huber-loss (delta 1e-3 on log loss) L-BFGS-B grid fit of Hoffmann et al. (2022) /
@@ -31,20 +34,22 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 from scipy import special, stats
 
 from .baselines import _predict, curve_fit_group, huber_bootstrap
-from .extrapolation import ExtrapolationCalibration, extrapolation_distance, predictive_logpdf, tau_posterior
+from .extrapolation import (ExtrapolationCalibration, extrapolation_distance, predictive_logpdf, tau_loglik,
+                            tau_weights)
 from .fit import Fit, fit_law
 from .inference import ConvergenceWarning
 from .runs import RunTable
 from .spec import ModelSpec, Priors, SamplerSettings
 
-__all__ = ["backtest", "Backtest", "calibrate_extrapolation", "holdout_mask", "score_predictions", "METHODS"]
+__all__ = ["backtest", "Backtest", "calibrate_extrapolation", "transfer_calibration", "with_calibration",
+           "extrapolation_loglik", "holdout_mask", "score_predictions", "METHODS"]
 
 #: Methods of a backtest, in table order.
 METHODS = ("bayescale", "bayescale_calibrated", "curve_fit", "huber", "huber_bootstrap")
@@ -96,6 +101,8 @@ class Backtest:
     n_heldout: int
     notes: list = field(default_factory=list)
     calibration: ExtrapolationCalibration | None = None
+    runs: RunTable | None = None            # the whole run table
+    heldout: pd.DataFrame | None = None     # its held-out rows
 
     def to_markdown(self, label: str | None = None) -> str:
         """The score table as a markdown table (optionally with a leading ``dataset`` column)."""
@@ -204,12 +211,7 @@ def calibrate_extrapolation(fit: Fit | RunTable, *, law: str = "saturating", lik
     spec = ModelSpec.from_runs(kept, likelihood=likelihood, priors=priors, law=law)
     fit = fit_law(kept, settings=settings, spec=spec if noise is None else spec.with_priors(noise=noise))
     sigma, nu = _noise_draws(fit)
-    ys, mus, dists = [], [], []
-    for _, group, scales, y in _heldout_groups(fit, runs, runs.data[mask]):
-        ys.append(y)
-        mus.append(fit.law_draws(scales, group=group))
-        dists.append(extrapolation_distance(fit.scale_over_max_fitted(scales, group)))
-    y, mu, dist = np.concatenate(ys), np.concatenate(mus, axis=1), np.concatenate(dists)
+    y, mu, dist = _heldout_law_draws(fit, runs, runs.data[mask])
     if not fit.diagnostics.ok:
         warnings.warn(f"the refit without the held-out scales (which the extrapolation error is learned from) did not pass "
                       f"the convergence checks ({fit.diagnostics.max_rhat:.3f} max R-hat, "
@@ -219,10 +221,64 @@ def calibrate_extrapolation(fit: Fit | RunTable, *, law: str = "saturating", lik
         warnings.warn("no held-out run lies beyond its refit's largest scale, so the data say nothing about the "
                       "extrapolation error: its posterior is the prior", UserWarning, stacklevel=2)
     grid = np.linspace(0.0, 20 * prior_scale, grid_size)
-    weights = tau_posterior(y, mu, sigma, nu, dist, prior_scale, grid)
+    weights = tau_weights(tau_loglik(y, mu, sigma, nu, dist, grid), prior_scale, grid)
     return ExtrapolationCalibration(grid=grid, weights=weights, prior_scale=prior_scale, n_runs=len(y),
                                     distance_range=(float(dist.min()), float(dist.max())),
                                     diagnostics=fit.diagnostics)
+
+
+def _heldout_law_draws(fit: Fit, runs: RunTable, heldout: pd.DataFrame):
+    """Held-out runs' values (n,), the fit's law draws at them (S, n) and their e-folds beyond the data (n,)."""
+    ys, mus, dists = [], [], []
+    for _, group, scales, y in _heldout_groups(fit, runs, heldout):
+        ys.append(y)
+        mus.append(fit.law_draws(scales, group=group))
+        dists.append(extrapolation_distance(fit.scale_over_max_fitted(scales, group)))
+    return np.concatenate(ys), np.concatenate(mus, axis=1), np.concatenate(dists)
+
+
+def extrapolation_loglik(bt: Backtest, grid: np.ndarray) -> np.ndarray:
+    """Log likelihood of each extrapolation error ``tau`` in ``grid`` given a backtest's held-out runs
+    (``bayescale.extrapolation.tau_loglik``). Usage: ``extrapolation_loglik(bt, np.linspace(0, 1, 801))``"""
+    y, mu, dist = _heldout_law_draws(bt.fit, bt.runs, bt.heldout)
+    sigma, nu = _noise_draws(bt.fit)
+    return tau_loglik(y, mu, sigma, nu, dist, grid)
+
+
+def transfer_calibration(backtests: Sequence[Backtest], prior_scale: float = 0.05,
+                         grid_size: int = 801) -> ExtrapolationCalibration:
+    """The extrapolation error learned from other campaigns' backtests: how far laws fitted to the
+    smaller runs of past studies drifted at their held-out largest runs.
+
+    Same ``tau`` (relative sd per e-fold beyond the data) and prior as ``calibrate_extrapolation``, but
+    its likelihood is the held-out runs of ``backtests`` (their fits' forecasts, any law), not a refit
+    inside the data to be forecast. It assumes the drift per e-fold of the scale column carries over
+    between studies (the shipped datasets' scales all move with compute: compute itself, or parameters
+    at a fixed token count). Usage: ``cal = transfer_calibration([bt_a, bt_b]); fit.forecast(x, calibration=cal)``
+    """
+    if not backtests:
+        raise ValueError("transfer_calibration needs at least one backtest")
+    grid = np.linspace(0.0, 20 * prior_scale, grid_size)
+    loglik = sum(extrapolation_loglik(bt, grid) for bt in backtests)
+    dists = np.concatenate([_heldout_law_draws(bt.fit, bt.runs, bt.heldout)[2] for bt in backtests])
+    return ExtrapolationCalibration(grid=grid, weights=tau_weights(loglik, prior_scale, grid), prior_scale=prior_scale,
+                                    n_runs=int(sum(bt.n_heldout for bt in backtests)),
+                                    distance_range=(float(dists.min()), float(dists.max())))
+
+
+def with_calibration(bt: Backtest, method: str, calibration: ExtrapolationCalibration,
+                     intervals: Sequence[float] = _INTERVALS, seed: int = 0) -> Backtest:
+    """``bt`` with one more method scored: bayescale's fit with ``calibration``'s extrapolation error
+    (e.g. ``transfer_calibration`` of other datasets' backtests). Usage: ``bt = with_calibration(bt, "bayescale_transfer", cal)``
+    """
+    pred = _bayes_predictions(bt.fit, bt.runs, bt.heldout, intervals, seed, calibration)
+    pred = pred.assign(y=bt.heldout[bt.runs.response].to_numpy(float))
+    row = pd.DataFrame([{"method": method, **score_predictions(pred, intervals)}])[list(bt.table.columns)]
+    columns = [*bt.runs.groups, *dict.fromkeys([bt.runs.scale, *bt.fit.spec.covariate_columns])]
+    frame = pred.assign(method=method).join(bt.heldout[columns])
+    return replace(bt, table=pd.concat([bt.table, row], ignore_index=True),
+                   predictions=pd.concat([bt.predictions, frame], ignore_index=True),
+                   notes=[*bt.notes, f"{method}: {calibration}"])
 
 
 def _empty(index, intervals) -> pd.DataFrame:
@@ -333,4 +389,4 @@ def backtest(runs: RunTable, *, law: str = "saturating", holdout: int | float | 
     first = ["method", "n_scored", "n_failed", "median_abs_rel_err_%", "mean_abs_rel_err_%"]
     table = table[first + [c for c in table.columns if c not in first]]
     return Backtest(table=table, predictions=pd.concat(frames, ignore_index=True), fit=fit, n_train=train.n_rows,
-                    n_heldout=int(mask.sum()), notes=notes, calibration=calibration)
+                    n_heldout=int(mask.sum()), notes=notes, calibration=calibration, runs=runs, heldout=heldout)

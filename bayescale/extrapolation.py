@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
-__all__ = ["ExtrapolationCalibration", "extrapolation_distance", "predictive_logpdf", "tau_posterior",
-           "first_crossing", "SEARCH_E_FOLDS"]
+__all__ = ["ExtrapolationCalibration", "extrapolation_distance", "predictive_logpdf", "tau_loglik", "tau_weights",
+           "tau_posterior", "first_crossing", "SEARCH_E_FOLDS"]
 
 #: Inverse planning with the extrapolation error searches this many e-folds beyond the data (a factor
 #: e^40 = 2e17 in scale); a target not reached there counts as unreachable.
@@ -56,16 +56,26 @@ def predictive_logpdf(y, mu, sigma, nu, distance, tau) -> np.ndarray:
     return stats.t.logpdf(y, nu, mu, scale)
 
 
-def tau_posterior(y, mu, sigma, nu, distance, prior_scale: float, grid: np.ndarray) -> np.ndarray:
-    """Grid posterior weights of ``tau``: half-normal prior times the product over runs of each run's
-    posterior predictive density (averaged over the draws). Usage: internal."""
+def tau_loglik(y, mu, sigma, nu, distance, grid: np.ndarray) -> np.ndarray:
+    """Log likelihood of each ``tau`` in ``grid``: the sum over runs of the log of each run's posterior
+    predictive density (averaged over the draws). Usage: ``tau_loglik(y, mu, sigma, None, d, grid)``"""
     logp = np.empty(len(grid))
     for i, tau in enumerate(grid):
         dens = predictive_logpdf(y, mu, sigma, nu, distance, tau)
         logp[i] = np.sum(special.logsumexp(dens, axis=0) - np.log(dens.shape[0]))
-    logp += stats.halfnorm.logpdf(grid, scale=prior_scale)
+    return logp
+
+
+def tau_weights(loglik: np.ndarray, prior_scale: float, grid: np.ndarray) -> np.ndarray:
+    """Grid posterior weights of ``tau``: half-normal prior times the likelihood. Usage: internal."""
+    logp = loglik + stats.halfnorm.logpdf(grid, scale=prior_scale)
     w = np.exp(logp - logp.max())
     return w / w.sum()
+
+
+def tau_posterior(y, mu, sigma, nu, distance, prior_scale: float, grid: np.ndarray) -> np.ndarray:
+    """Grid posterior weights of ``tau`` from held-out runs (``tau_loglik``, ``tau_weights``). Usage: internal."""
+    return tau_weights(tau_loglik(y, mu, sigma, nu, distance, grid), prior_scale, grid)
 
 
 def first_crossing(log_x: np.ndarray, paths: np.ndarray, target: float) -> np.ndarray:
@@ -88,7 +98,8 @@ class ExtrapolationCalibration:
     """Posterior of the extrapolation error ``tau`` (relative sd per e-fold beyond the data).
 
     ``grid``/``weights``: the grid posterior; ``n_runs``: held-out runs it was learned from, at
-    ``distance_range`` e-folds beyond their fits; ``diagnostics``: the inner fit's.
+    ``distance_range`` e-folds beyond their fits; ``diagnostics``: the inner fit's (None when learned
+    from other campaigns' backtests, ``bayescale.backtest.transfer_calibration``).
     Usage: ``cal.summary()``, ``fit.forecast(x, calibration=cal)``
     """
 

@@ -47,7 +47,8 @@ from .inference import Diagnostics
 from .runs import RunTable
 from .spec import ModelSpec, Priors, SamplerSettings
 
-__all__ = ["save_fit", "load_fit", "FitFileError", "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = ["save_fit", "load_fit", "save_calibration", "load_calibration", "FitFileError", "FORMAT_NAME",
+           "FORMAT_VERSION"]
 
 #: Marker stored in every saved fit (global attribute ``bayescale_format``).
 FORMAT_NAME = "bayescale.fit"
@@ -308,6 +309,33 @@ def load_fit(path: str | os.PathLike) -> Fit:
         raise FitFileError(f"{str(path)!r}: {exc}") from exc
     except (KeyError, ValueError, TypeError) as exc:
         raise FitFileError(f"{str(path)!r} is a damaged bayescale fit file: {exc!r}") from exc
+
+
+_CALIBRATION_FORMAT = "bayescale.extrapolation"
+
+
+def save_calibration(calibration: ExtrapolationCalibration, path: str | os.PathLike) -> Path:
+    """Save an extrapolation error on its own (JSON; atomic), e.g. a ``transfer_calibration`` learned from
+    past campaigns, to apply to new fits. The inner refit's diagnostics are not kept (their summary is).
+    Usage: ``save_calibration(cal, "reports/extrapolation_reference.json")``"""
+    doc = {"format": _CALIBRATION_FORMAT, "grid": calibration.grid.tolist(), "weights": calibration.weights.tolist(),
+           "prior_scale": calibration.prior_scale, "n_runs": calibration.n_runs,
+           "distance_range": list(calibration.distance_range), "summary": str(calibration)}
+    return atomic_write_bytes(path, json.dumps(doc, indent=1).encode("utf-8"))
+
+
+def load_calibration(path: str | os.PathLike) -> ExtrapolationCalibration:
+    """Load an extrapolation error saved by ``save_calibration``. Usage: ``fit.forecast(x, calibration=load_calibration(p))``"""
+    try:
+        doc = json.loads(Path(path).read_text())
+        if doc.get("format") != _CALIBRATION_FORMAT:
+            raise FitFileError(f"{str(path)!r} is not a bayescale extrapolation-error file")
+        return ExtrapolationCalibration(grid=np.asarray(doc["grid"], np.float64),
+                                        weights=np.asarray(doc["weights"], np.float64),
+                                        prior_scale=float(doc["prior_scale"]), n_runs=int(doc["n_runs"]),
+                                        distance_range=tuple(doc["distance_range"]))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise FitFileError(f"{str(path)!r} is not a readable bayescale extrapolation-error file: {exc!r}") from exc
 
 
 def _version() -> str:

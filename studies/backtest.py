@@ -16,8 +16,12 @@ Datasets (``data/``, provenance in data/README.md):
 Every method is fitted on the same training runs (``bayescale.backtest``); bayescale uses default
 sampler settings (4 x 1000 + 1000, seed 0) and the Normal likelihood unless noted.
 ``bayescale_calibrated`` adds the extrapolation error learned from the training runs alone (a refit
-without each curve's largest training scale; ``bayescale.backtest.calibrate_extrapolation``).
-Writes ``reports/backtest.md`` (the table README.md shows).
+without each curve's largest training scale; ``bayescale.backtest.calibrate_extrapolation``);
+``bayescale_transfer`` adds the extrapolation error learned from the OTHER datasets' backtests (their
+held-out runs; ``bayescale.backtest.transfer_calibration``), leave one dataset out, so no dataset's
+held-out runs inform its own bands.
+Writes ``reports/backtest.md`` (the table README.md shows) and ``reports/extrapolation_reference.json``
+(the extrapolation error of all the datasets' backtests, for new campaigns: ``bayescale.io.load_calibration``).
 
 Usage: ``python studies/backtest.py [--out reports/backtest.md] [--n-boot 200] [--only gadre,pythia]``
 """
@@ -32,7 +36,8 @@ import numpy as np
 import pandas as pd
 
 from bayescale import SamplerSettings, load_runs
-from bayescale.backtest import backtest, markdown_table
+from bayescale.backtest import backtest, markdown_table, transfer_calibration, with_calibration
+from bayescale.io import atomic_write_bytes, save_calibration
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -100,32 +105,44 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--only", default="", help="comma-separated subset of datasets")
     args = parser.parse_args(argv)
     prepare_data()
-    tables, lines = [], []
+    tables, lines, bts = [], [], {}
     for name, (runs, kwargs, what) in datasets().items():
         if args.only and name not in args.only.split(","):
             continue
         t0 = time.perf_counter()
-        bt = backtest(runs, settings=SamplerSettings(seed=args.seed), n_boot=args.n_boot, seed=args.seed, **kwargs)
-        wall = time.perf_counter() - t0
-        print(f"\n== {name}: {what}; train {bt.n_train} runs, held out {bt.n_heldout}; {wall:.0f} s")
+        bts[name] = backtest(runs, settings=SamplerSettings(seed=args.seed), n_boot=args.n_boot, seed=args.seed,
+                             **kwargs)
+        print(f"\n== {name}: {what}; {time.perf_counter() - t0:.0f} s")
+    for name, bt in bts.items():  # leave one dataset out: the extrapolation error of the others' backtests
+        others = [b for n, b in bts.items() if n != name]
+        if others:
+            bts[name] = with_calibration(bt, "bayescale_transfer", transfer_calibration(others), seed=args.seed)
+    for name, bt in bts.items():
+        what = datasets()[name][2]
+        print(f"\n== {name}: {what}; train {bt.n_train} runs, held out {bt.n_heldout}")
         print(f"bayescale diagnostics: {bt.fit.diagnostics}")
         print(f"extrapolation-error refit: {bt.calibration.diagnostics}")
         for note in bt.notes:
             print("note:", note)
         print(bt.to_markdown(name))
         tables.append(bt.table.assign(dataset=name))
+        transfer = next((n for n in bt.notes if n.startswith("bayescale_transfer: ")), None)
         lines.append(f"- `{name}`: {what}; {bt.n_train} training runs, {bt.n_heldout} held out; bayescale "
                      f"max R-hat {bt.fit.diagnostics.max_rhat:.3f}, min bulk ESS {bt.fit.diagnostics.min_ess_bulk:.0f}, "
                      f"{bt.fit.diagnostics.n_divergent} divergences; {bt.calibration} (that refit: max R-hat "
                      f"{bt.calibration.diagnostics.max_rhat:.3f}, min bulk ESS {bt.calibration.diagnostics.min_ess_bulk:.0f}, "
-                     f"{bt.calibration.diagnostics.n_divergent} divergences)")
+                     f"{bt.calibration.diagnostics.n_divergent} divergences)"
+                     + (f"; from the other datasets' backtests ({transfer})" if transfer else ""))
     table = pd.concat(tables, ignore_index=True)
     table = table[["dataset", *[c for c in table.columns if c != "dataset"]]]
     pooled = pooled_coverage(table)
     text = (markdown_table(table) + "\n\nPooled over the datasets (each held-out run counts once):\n\n"
             + markdown_table(pooled) + "\n\n" + "\n".join(lines) + "\n")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    if len(bts) > 1:  # what a new campaign would use: the drift of every dataset here
+        reference = transfer_calibration(list(bts.values()))
+        path = save_calibration(reference, Path(args.out).with_name("extrapolation_reference.json"))
+        text += f"\nFrom all {len(bts)} datasets' backtests ({path.name}): {reference}\n"
+    atomic_write_bytes(args.out, text.encode("utf-8"))
     print(f"\n{text}\ntable written: {args.out}")
     return table
 

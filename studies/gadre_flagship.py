@@ -9,8 +9,10 @@ Prints, side by side with a per-curve ``scipy.optimize.curve_fit`` in the same r
 absolute relative error of the held-back runs and the fraction covered by the 90% bands, for
 bayescale's bands as fitted (the law assumed to hold beyond the data) and with the extrapolation
 error learned from the fitted runs alone (``calibrate_extrapolation``: refit without each curve's
-largest model, 412M, and see how far the law misses it).
-Writes an HTML report.
+largest model, 412M, and see how far the law misses it) or from the other shipped datasets' backtests
+(``transfer_calibration``: how far the laws of routed LMs, Pythia and data-constrained runs drifted
+beyond their data; ``studies/backtest.py``, bayescale only, about 40 s more); then the same for
+inverse planning. Writes an HTML report.
 
 Usage: ``python studies/gadre_flagship.py [--out reports/gadre_flagship.html] [--seed 0]``
 """
@@ -18,6 +20,7 @@ Usage: ``python studies/gadre_flagship.py [--out reports/gadre_flagship.html] [-
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from bayescale import SamplerSettings, fit_law, load_runs
-from bayescale.backtest import calibrate_extrapolation
+from bayescale.backtest import backtest, calibrate_extrapolation, transfer_calibration
 from bayescale.baselines import curve_fit_forecast
 from bayescale.report import write_report
 
@@ -34,6 +37,17 @@ DATA = ROOT / "data" / "gadre_loss.csv.gz"
 GROUPS = ["train_dataset", "eval_set"]
 SCALE = "compute_flops"
 HOLDOUT_PARAMS = 1e9  # models with more parameters than this are held back
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import backtest as backtest_study  # noqa: E402  (studies/backtest.py: the other datasets and their holdouts)
+
+
+def other_studies_drift(seed: int):
+    """``transfer_calibration`` of the other shipped datasets' backtests (bayescale only, no gadre)."""
+    backtest_study.prepare_data()
+    bts = [backtest(runs, settings=SamplerSettings(seed=seed), methods=("bayescale",), seed=seed, **kwargs)
+           for name, (runs, kwargs, _) in backtest_study.datasets().items() if name != "gadre"]
+    return transfer_calibration(bts)
 
 
 def heldout_forecasts(fit, heldout: pd.DataFrame, prefix: str = "bs", calibration=None) -> pd.DataFrame:
@@ -79,8 +93,12 @@ def main(argv=None) -> pd.DataFrame:
     if not calibration.diagnostics.ok:
         print("NOTE: that refit (3 models per curve) fails the convergence checks, so the calibrated bands below rest "
               "on an unreliable posterior (README, flagship study)")
+    t0 = time.perf_counter()
+    transfer = other_studies_drift(args.seed)
+    print(f"from the other datasets' backtests: {transfer} ({time.perf_counter() - t0:.1f} s)")
     heldout = heldout.join(heldout_forecasts(fit, heldout))
     heldout = heldout.join(heldout_forecasts(fit, heldout, "bc", calibration))
+    heldout = heldout.join(heldout_forecasts(fit, heldout, "bt", transfer))
     t0 = time.perf_counter()
     cf = curve_fit_forecast(train.data, heldout, scale=SCALE, groups=GROUPS, interval=0.9)
     heldout = heldout.join(cf)
@@ -91,6 +109,7 @@ def main(argv=None) -> pd.DataFrame:
         label = size if size == "all" else f"{size / 1e9:.1f}B"
         table.append({"held_out": label, "method": "bayescale (90% predictive band)", **score(part, "bs")})
         table.append({"held_out": label, "method": "bayescale + extrapolation error", **score(part, "bc")})
+        table.append({"held_out": label, "method": "bayescale + other studies' drift", **score(part, "bt")})
         table.append({"held_out": label, "method": "curve_fit (90% delta-method band)", **score(part, "cf")})
     table = pd.DataFrame(table)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
@@ -99,7 +118,8 @@ def main(argv=None) -> pd.DataFrame:
     # inverse planning: the compute at which each curve reaches its held-out 6.9B model's loss
     largest = heldout[heldout["params"] == heldout["params"].max()]
     plans = []
-    for cal, label in ((None, "law"), (calibration, "law + extrapolation error")):
+    for cal, label in ((None, "law"), (calibration, "law + extrapolation error"),
+                       (transfer, "law + other studies' drift")):
         hits = []
         for _, row in largest.iterrows():
             p = fit.required_scale(row["loss"], group=tuple(row[GROUPS]), intervals=(0.9,), calibration=cal)
@@ -112,7 +132,7 @@ def main(argv=None) -> pd.DataFrame:
                         heldout=heldout[GROUPS + [SCALE, "loss"]],
                         tables={"Held-back 1.4B / 6.9B runs: bayescale vs curve_fit": table},
                         notes=[f"Fitted on models < {HOLDOUT_PARAMS:.0e} params; held back {len(heldout)} runs.",
-                               f"{calibration}.", *plans])
+                               f"{calibration}.", f"Other studies' drift: {transfer}.", *plans])
     print(f"report written: {path}")
     return table
 

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from bayescale import SamplerSettings, load_runs
-from bayescale.backtest import METHODS, backtest, holdout_mask, markdown_table
+from bayescale.backtest import (METHODS, backtest, extrapolation_loglik, holdout_mask, markdown_table,
+                                transfer_calibration, with_calibration)
+from bayescale.extrapolation import ExtrapolationCalibration
 from bayescale.baselines import huber_bootstrap, huber_fit, huber_law
 from bayescale.simulate import simulate_from_fit, simulate_runs
 
@@ -123,3 +125,26 @@ def test_loo_and_compare(small_backtest):
         table = compare_fits({"a": fit, "b": fit})
     assert np.isfinite(res.elpd) and len(np.asarray(res.pareto_k).ravel()) == fit.runs.n_rows
     assert {"elpd", "n_bad_pareto_k"} <= set(table.columns) or "n_bad_pareto_k" in table.columns
+
+
+def test_transfer_calibration_and_with_calibration(small_backtest):
+    bt = small_backtest
+    cal = transfer_calibration([bt])
+    assert cal.n_runs == bt.n_heldout and cal.diagnostics is None and cal.distance_range[0] > 0
+    assert cal.weights.sum() == pytest.approx(1.0)
+    grid = cal.grid
+    loglik = extrapolation_loglik(bt, grid)
+    twice = transfer_calibration([bt, bt])  # the likelihood of two campaigns is the product of theirs
+    prior = -0.5 * (grid / cal.prior_scale) ** 2
+    expected = np.exp(2 * loglik + prior - np.max(2 * loglik + prior))
+    np.testing.assert_allclose(twice.weights, expected / expected.sum(), rtol=1e-8, atol=1e-300)
+    with pytest.raises(ValueError):
+        transfer_calibration([])
+    # a fixed extrapolation error of 5% per e-fold widens every held-out band (all lie beyond the data)
+    fixed = ExtrapolationCalibration(np.array([0.05, 0.05 + 1e-12]), np.array([1.0, 0.0]), 0.05, 1, (1.0, 1.0))
+    wide = with_calibration(bt, "fixed", fixed)
+    assert list(wide.table["method"]) == [*bt.table["method"], "fixed"] and len(bt.table) + 1 == len(wide.table)
+    width = lambda m: (wide.predictions.query("method == @m").eval("upper_90 - lower_90")).to_numpy()  # noqa: E731
+    assert np.all(width("fixed") > 1.2 * width("bayescale"))
+    row = wide.table.set_index("method").loc["fixed"]
+    assert row["n_scored"] == bt.n_heldout and row["coverage_90"] >= wide.table.set_index("method").loc["bayescale", "coverage_90"]

@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from bayescale import SamplerSettings, fit_law, load_runs
-from bayescale.io import FORMAT_VERSION, FitFileError, load_fit, save_fit
+from bayescale.io import FORMAT_VERSION, FitFileError, load_calibration, load_fit, save_calibration, save_fit
 from bayescale.simulate import simulate_runs
 
 pytestmark = pytest.mark.filterwarnings("ignore::bayescale.inference.ConvergenceWarning")
@@ -166,3 +166,21 @@ def test_calibration_is_saved_and_version_1_files_load_without_one(fit, tmp_path
     ds.attrs.update(bayescale_format_version=1, bayescale_metadata=json.dumps(meta))
     ds.to_netcdf(tmp_path / "v1.nc", engine="scipy", format="NETCDF3_64BIT")
     assert load_fit(tmp_path / "v1.nc").calibration is None
+
+
+def test_calibration_file_round_trip_and_errors(tmp_path):
+    from bayescale.extrapolation import ExtrapolationCalibration
+
+    grid = np.linspace(0.0, 1.0, 801)
+    weights = np.exp(-0.5 * ((grid - 0.01) / 0.003) ** 2)
+    cal = ExtrapolationCalibration(grid, weights / weights.sum(), 0.05, 87, (0.42, 5.64))
+    loaded = load_calibration(save_calibration(cal, tmp_path / "ref.json"))
+    np.testing.assert_array_equal(loaded.weights, cal.weights)
+    np.testing.assert_array_equal(loaded.grid, cal.grid)
+    assert str(loaded) == str(cal)
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    with pytest.raises(FitFileError, match="not a bayescale extrapolation-error file"):
+        load_calibration(tmp_path / "bad.json")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(FitFileError, match="not a readable"):
+        load_calibration(tmp_path / "broken.json")
