@@ -5,7 +5,7 @@ Usage:
     bayescale fit --config study.toml                  # same keys as the options, see below
     bayescale forecast fit.nc --scales 1e22 1e23 --group rpj,c4_val [--calibrate] [-o forecast.csv]
     bayescale plan fit.nc --target-loss 2.8 --group rpj,c4_val [--calibrate] [-o plan.csv]
-    bayescale calibrate fit.nc [-o fit.nc]            # save the extrapolation error with the fit
+    bayescale calibrate fit.nc [--from ref.json] [-o fit.nc]   # save the extrapolation error with the fit
     bayescale report fit.nc [-o fit.html]
     bayescale simulate --n-groups 6 --seed 1 -o runs.csv [--truth truth.csv]
 
@@ -270,10 +270,15 @@ def _calibration(fit, wanted: bool):
 
 
 def _cmd_calibrate(args) -> int:
-    from .io import save_fit
+    from .io import load_calibration, save_fit
 
     fit = _load(args.fit)
-    fit.calibration = _learn_calibration(fit)
+    if args.source:
+        _say(f"taking the extrapolation error from {args.source}")
+        with _bad_input():
+            fit.calibration = load_calibration(args.source)
+    else:
+        fit.calibration = _learn_calibration(fit)
     out = args.out or args.fit
     _say(f"writing fit with its extrapolation error to {out}")
     with _bad_input(f"cannot write fit {out!r}: "):
@@ -404,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the data (bayescale.backtest.calibrate_extrapolation) and save it in the fit "
                                    "file, where forecast/plan --calibrate find it.")
     p.add_argument("fit", help="saved fit (from 'bayescale fit')")
+    p.add_argument("--from", dest="source", help="take it from a file saved by bayescale.io.save_calibration "
+                   "instead (e.g. reports/extrapolation_reference.json: the drift of the shipped datasets' backtests)")
     p.add_argument("-o", "--out", help="fit file to write (default: overwrite the input, atomically)")
     p.set_defaults(func=_cmd_calibrate)
 

@@ -218,3 +218,18 @@ def test_calibrate_saves_the_extrapolation_error_that_forecast_then_uses(capsys,
     assert "using the saved extrapolation error" in err and "refit without" not in err
     expected = saved.forecast([1e22], group="rpj", calibration=saved.calibration)
     np.testing.assert_allclose(pd.read_csv(tmp_path / "fc.csv")["pred_upper_90"], expected["pred_upper_90"])
+
+
+def test_calibrate_from_a_saved_calibration_file(capsys, fitted, tmp_path):
+    from bayescale.extrapolation import ExtrapolationCalibration
+    from bayescale.io import save_calibration
+
+    ref = ExtrapolationCalibration(np.array([0.01, 0.01 + 1e-12]), np.array([1.0, 0.0]), 0.05, 87, (0.4, 5.6))
+    save_calibration(ref, tmp_path / "ref.json")
+    code, stdout, err = run_main(capsys, "calibrate", fitted[0], "--from", tmp_path / "ref.json",
+                                 "-o", tmp_path / "with_ref.nc")
+    assert code == 0, err
+    assert "refit without" not in err and "2.30% per decade" in stdout and "learned from 87" in stdout
+    np.testing.assert_array_equal(load_fit(tmp_path / "with_ref.nc").calibration.grid, ref.grid)
+    code, _, err = run_main(capsys, "calibrate", fitted[0], "--from", tmp_path / "missing.json", "-o", tmp_path / "x.nc")
+    assert code == cli.EXIT_BAD_INPUT and "missing.json" in err and not (tmp_path / "x.nc").exists()
