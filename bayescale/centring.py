@@ -24,15 +24,20 @@ from scipy import optimize
 from .laws import Law
 from .runs import RunTable
 
-__all__ = ["CENTER_MIN_SIGNAL", "MAX_RUNS_PER_CURVE", "pinned_centring"]
+__all__ = ["CENTER_MIN_SIGNAL", "MIN_SPREAD_DOF", "MAX_RUNS_PER_CURVE", "pinned_centring"]
 
 #: Centre a pinned parameter when its spread across curves is at least this many standard errors:
 #: 1, where the data and the population weigh equally (the theory's crossover). Measured signals at
 #: the backtest's training runs (``studies/backtest.py``, seed 0): routed LMs' log slope 0.8 (centred:
 #: 12 divergences; non-centred: 2) and level 2.4 (both non-centred: every draw hits the tree-depth cap);
 #: Gadre's log slope 3.4 (5.0 on all six models, where non-centring made 1022 of 4000 draws hit the
-#: cap). Pythia's log slope, 2.05, stays centred (1-5 divergences; non-centred 0 at seeds 0-1).
+#: cap). Pythia's 4 curves (3 degrees of freedom) keep the default, centred (1-5 divergences; non-centred
+#: 0 at seeds 0-1).
 CENTER_MIN_SIGNAL = 1.0
+#: The spread across curves needs at least this many degrees of freedom (curves less factor levels) to
+#: overrule the default (centred): with fewer its estimate is off by more than half (relative sd > 0.6),
+#: e.g. Pythia's 4 curves or a 3-curve simulation, where one draw of the data flips the choice.
+MIN_SPREAD_DOF = 5
 #: Curves with more runs are thinned to this many for the decision (1e6 rows: 0.94 s -> 0.39 s); the
 #: standard errors are then those of 1000 runs, which changes the choice only near the crossover.
 MAX_RUNS_PER_CURVE = 1000
@@ -60,8 +65,8 @@ def _fit_curve(law: Law, u: dict, y: np.ndarray, grids, loc, scale, sigma: float
 
 def pinned_centring(runs: RunTable, law: Law, logs: list, refs: list, grids, priors,
                     factor_effects: bool) -> tuple[str, ...]:
-    """The law's pinned parameters to sample centred (all of them when the data cannot tell: fewer
-    than 3 curves, or under 3 degrees of freedom for the noise). Usage: see the module docstring."""
+    """The law's pinned parameters to sample centred (all of them when the data cannot tell: under
+    ``MIN_SPREAD_DOF`` degrees of freedom for the spread, or under 3 for the noise). Usage: see the module docstring."""
     pinned = law.pinned
     if not runs.groups:
         return pinned
@@ -89,7 +94,7 @@ def pinned_centring(runs: RunTable, law: Law, logs: list, refs: list, grids, pri
         codes = pd.DataFrame([k for k, _ in curves], columns=list(runs.groups)).astype(str)
         design = np.column_stack([design, pd.get_dummies(codes, drop_first=True).to_numpy(np.float64)])
     rank = np.linalg.matrix_rank(design)
-    if len(curves) - rank < 2:
+    if len(curves) - rank < MIN_SPREAD_DOF:
         return pinned
     resid = est - design @ np.linalg.lstsq(design, est, rcond=None)[0]
     spread2 = np.maximum(np.sum(resid ** 2, axis=0) / (len(curves) - rank) - se2.mean(axis=0), 0.0)
