@@ -240,9 +240,13 @@ def _heldout_law_draws(fit: Fit, runs: RunTable, heldout: pd.DataFrame):
 def extrapolation_loglik(bt: Backtest, grid: np.ndarray) -> np.ndarray:
     """Log likelihood of each extrapolation error ``tau`` in ``grid`` given a backtest's held-out runs
     (``bayescale.extrapolation.tau_loglik``). Usage: ``extrapolation_loglik(bt, np.linspace(0, 1, 801))``"""
+    return _loglik_and_distances(bt, grid)[0]
+
+
+def _loglik_and_distances(bt: Backtest, grid: np.ndarray):
     y, mu, dist = _heldout_law_draws(bt.fit, bt.runs, bt.heldout)
     sigma, nu = _noise_draws(bt.fit)
-    return tau_loglik(y, mu, sigma, nu, dist, grid)
+    return tau_loglik(y, mu, sigma, nu, dist, grid), dist
 
 
 def transfer_calibration(backtests: Sequence[Backtest], prior_scale: float = 0.05,
@@ -259,8 +263,9 @@ def transfer_calibration(backtests: Sequence[Backtest], prior_scale: float = 0.0
     if not backtests:
         raise ValueError("transfer_calibration needs at least one backtest")
     grid = np.linspace(0.0, 20 * prior_scale, grid_size)
-    loglik = sum(extrapolation_loglik(bt, grid) for bt in backtests)
-    dists = np.concatenate([_heldout_law_draws(bt.fit, bt.runs, bt.heldout)[2] for bt in backtests])
+    parts = [_loglik_and_distances(bt, grid) for bt in backtests]
+    loglik = sum(p[0] for p in parts)
+    dists = np.concatenate([p[1] for p in parts])
     return ExtrapolationCalibration(grid=grid, weights=tau_weights(loglik, prior_scale, grid), prior_scale=prior_scale,
                                     n_runs=int(sum(bt.n_heldout for bt in backtests)),
                                     distance_range=(float(dists.min()), float(dists.max())))
