@@ -42,14 +42,14 @@ from scipy import special, stats
 
 from .baselines import _predict, curve_fit_group, huber_bootstrap
 from .extrapolation import (ExtrapolationCalibration, extrapolation_distance, predictive_logpdf, tau_loglik,
-                            tau_weights)
+                            tau_posterior, tau_weights)
 from .fit import Fit, fit_law
 from .inference import ConvergenceWarning
 from .runs import RunTable
 from .spec import ModelSpec, Priors, SamplerSettings
 
-__all__ = ["backtest", "Backtest", "calibrate_extrapolation", "transfer_calibration", "with_calibration",
-           "extrapolation_loglik", "holdout_mask", "score_predictions", "METHODS"]
+__all__ = ["backtest", "Backtest", "calibrate_extrapolation", "transfer_calibration", "leave_one_out_calibrations",
+           "with_calibration", "extrapolation_loglik", "holdout_mask", "score_predictions", "METHODS"]
 
 #: Methods of a backtest, in table order.
 METHODS = ("bayescale", "bayescale_calibrated", "curve_fit", "huber", "huber_bootstrap")
@@ -221,7 +221,7 @@ def calibrate_extrapolation(fit: Fit | RunTable, *, law: str = "saturating", lik
         warnings.warn("no held-out run lies beyond its refit's largest scale, so the data say nothing about the "
                       "extrapolation error: its posterior is the prior", UserWarning, stacklevel=2)
     grid = np.linspace(0.0, 20 * prior_scale, grid_size)
-    weights = tau_weights(tau_loglik(y, mu, sigma, nu, dist, grid), prior_scale, grid)
+    weights = tau_posterior(y, mu, sigma, nu, dist, prior_scale, grid)
     return ExtrapolationCalibration(grid=grid, weights=weights, prior_scale=prior_scale, n_runs=len(y),
                                     distance_range=(float(dist.min()), float(dist.max())),
                                     diagnostics=fit.diagnostics)
@@ -240,13 +240,21 @@ def _heldout_law_draws(fit: Fit, runs: RunTable, heldout: pd.DataFrame):
 def extrapolation_loglik(bt: Backtest, grid: np.ndarray) -> np.ndarray:
     """Log likelihood of each extrapolation error ``tau`` in ``grid`` given a backtest's held-out runs
     (``bayescale.extrapolation.tau_loglik``). Usage: ``extrapolation_loglik(bt, np.linspace(0, 1, 801))``"""
-    return _loglik_and_distances(bt, grid)[0]
+    return _evidence(bt, grid)[0]
 
 
-def _loglik_and_distances(bt: Backtest, grid: np.ndarray):
+def _evidence(bt: Backtest, grid: np.ndarray):
+    """(log likelihood over ``grid``, distances, runs) of a backtest's held-out runs."""
     y, mu, dist = _heldout_law_draws(bt.fit, bt.runs, bt.heldout)
     sigma, nu = _noise_draws(bt.fit)
-    return tau_loglik(y, mu, sigma, nu, dist, grid), dist
+    return tau_loglik(y, mu, sigma, nu, dist, grid), dist, bt.n_heldout
+
+
+def _pooled(evidence: list, grid: np.ndarray, prior_scale: float) -> ExtrapolationCalibration:
+    dists = np.concatenate([e[1] for e in evidence])
+    return ExtrapolationCalibration(grid=grid, weights=tau_weights(sum(e[0] for e in evidence), prior_scale, grid),
+                                    prior_scale=prior_scale, n_runs=int(sum(e[2] for e in evidence)),
+                                    distance_range=(float(dists.min()), float(dists.max())))
 
 
 def transfer_calibration(backtests: Sequence[Backtest], prior_scale: float = 0.05,
@@ -263,12 +271,19 @@ def transfer_calibration(backtests: Sequence[Backtest], prior_scale: float = 0.0
     if not backtests:
         raise ValueError("transfer_calibration needs at least one backtest")
     grid = np.linspace(0.0, 20 * prior_scale, grid_size)
-    parts = [_loglik_and_distances(bt, grid) for bt in backtests]
-    loglik = sum(p[0] for p in parts)
-    dists = np.concatenate([p[1] for p in parts])
-    return ExtrapolationCalibration(grid=grid, weights=tau_weights(loglik, prior_scale, grid), prior_scale=prior_scale,
-                                    n_runs=int(sum(bt.n_heldout for bt in backtests)),
-                                    distance_range=(float(dists.min()), float(dists.max())))
+    return _pooled([_evidence(bt, grid) for bt in backtests], grid, prior_scale)
+
+
+def leave_one_out_calibrations(backtests: Sequence[Backtest], prior_scale: float = 0.05, grid_size: int = 801
+                               ) -> tuple[list[ExtrapolationCalibration], ExtrapolationCalibration]:
+    """For each backtest, ``transfer_calibration`` of the others; and that of all of them. Each backtest's
+    likelihood is computed once. Usage: ``each, everything = leave_one_out_calibrations([bt_a, bt_b, bt_c])``"""
+    if len(backtests) < 2:
+        raise ValueError("leave_one_out_calibrations needs at least two backtests")
+    grid = np.linspace(0.0, 20 * prior_scale, grid_size)
+    evidence = [_evidence(bt, grid) for bt in backtests]
+    each = [_pooled(evidence[:i] + evidence[i + 1:], grid, prior_scale) for i in range(len(evidence))]
+    return each, _pooled(evidence, grid, prior_scale)
 
 
 def with_calibration(bt: Backtest, method: str, calibration: ExtrapolationCalibration,
@@ -277,13 +292,18 @@ def with_calibration(bt: Backtest, method: str, calibration: ExtrapolationCalibr
     (e.g. ``transfer_calibration`` of other datasets' backtests). Usage: ``bt = with_calibration(bt, "bayescale_transfer", cal)``
     """
     pred = _bayes_predictions(bt.fit, bt.runs, bt.heldout, intervals, seed, calibration)
-    pred = pred.assign(y=bt.heldout[bt.runs.response].to_numpy(float))
-    row = pd.DataFrame([{"method": method, **score_predictions(pred, intervals)}])[list(bt.table.columns)]
-    columns = [*bt.runs.groups, *dict.fromkeys([bt.runs.scale, *bt.fit.spec.covariate_columns])]
-    frame = pred.assign(method=method).join(bt.heldout[columns])
+    row, frame = _scored(method, pred, bt.runs, bt.heldout, bt.fit.spec.covariate_columns, intervals)
+    row = pd.DataFrame([row])[list(bt.table.columns)]
     return replace(bt, table=pd.concat([bt.table, row], ignore_index=True),
                    predictions=pd.concat([bt.predictions, frame], ignore_index=True),
                    notes=[*bt.notes, f"{method}: {calibration}"])
+
+
+def _scored(method: str, pred: pd.DataFrame, runs: RunTable, heldout: pd.DataFrame, columns, intervals):
+    """A method's score row and its predictions labelled with the method, groups and covariates."""
+    pred = pred.assign(y=heldout[runs.response].to_numpy(float))
+    frame = pred.assign(method=method).join(heldout[[*runs.groups, *dict.fromkeys([runs.scale, *columns])]])
+    return {"method": method, **score_predictions(pred, intervals)}, frame
 
 
 def _empty(index, intervals) -> pd.DataFrame:
@@ -384,12 +404,11 @@ def backtest(runs: RunTable, *, law: str = "saturating", holdout: int | float | 
             preds["huber"] = point
         if "huber_bootstrap" in methods:
             preds["huber_bootstrap"] = boot
-    y = heldout[runs.response].to_numpy(float)
     table, frames = [], []
     for name in (m for m in METHODS if m in preds):
-        pred = preds[name].assign(y=y)
-        table.append({"method": name, **score_predictions(pred, intervals)})
-        frames.append(pred.assign(method=name).join(heldout[[*runs.groups, *dict.fromkeys([runs.scale, *columns])]]))
+        row, frame = _scored(name, preds[name], runs, heldout, columns, intervals)
+        table.append(row)
+        frames.append(frame)
     table = pd.DataFrame(table)
     first = ["method", "n_scored", "n_failed", "median_abs_rel_err_%", "mean_abs_rel_err_%"]
     table = table[first + [c for c in table.columns if c not in first]]

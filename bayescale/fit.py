@@ -184,7 +184,7 @@ class Fit:
         values = self._covariates(scales)
         rng = np.random.default_rng(seed)
         law = self.law_draws(values if len(values) > 1 else values["scale"], group, seed=seed)
-        ratio = self.scale_over_max_fitted(values if len(values) > 1 else values["scale"], group)
+        ratio = self._ratio(values, group)
         out = {**values, **self._group_columns(group),
                "median": np.median(law, axis=0), "mean": law.mean(axis=0)}
         noise = self._noise(law.shape, rng)
@@ -200,7 +200,11 @@ class Fit:
     def scale_over_max_fitted(self, scales, group=None) -> np.ndarray:
         """Each scale over the group's largest fitted one (two-variable law: the products N*D).
         Usage: ``fit.scale_over_max_fitted([1e22], group="c4_val")``"""
-        return np.prod(list(self._covariates(scales).values()), axis=0) / self._max_fitted_scale(group)
+        return self._ratio(self._covariates(scales), group)
+
+    def _ratio(self, values: dict, group) -> np.ndarray:
+        """``scale_over_max_fitted`` of covariates already validated by ``_covariates``."""
+        return np.prod(list(values.values()), axis=0) / self._max_fitted_scale(group)
 
     def _max_fitted_scale(self, group) -> float:
         """Largest fitted scale of the group (for several covariates: largest product of them)."""

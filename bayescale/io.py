@@ -34,7 +34,7 @@ import json
 import os
 import tempfile
 import warnings
-from dataclasses import fields, is_dataclass
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -315,12 +315,11 @@ _CALIBRATION_FORMAT = "bayescale.extrapolation"
 
 
 def save_calibration(calibration: ExtrapolationCalibration, path: str | os.PathLike) -> Path:
-    """Save an extrapolation error on its own (JSON; atomic), e.g. a ``transfer_calibration`` learned from
-    past campaigns, to apply to new fits. The inner refit's diagnostics are not kept (their summary is).
-    Usage: ``save_calibration(cal, "reports/extrapolation_reference.json")``"""
-    doc = {"format": _CALIBRATION_FORMAT, "grid": calibration.grid.tolist(), "weights": calibration.weights.tolist(),
-           "prior_scale": calibration.prior_scale, "n_runs": calibration.n_runs,
-           "distance_range": list(calibration.distance_range), "summary": str(calibration)}
+    """Save an extrapolation error on its own (JSON, the fit files' encoding; atomic), e.g. a
+    ``transfer_calibration`` learned from past campaigns, to apply to new fits. The inner refit's
+    diagnostics are not kept (their summary is). Usage: ``save_calibration(cal, "reports/extrapolation_reference.json")``"""
+    doc = {"format": _CALIBRATION_FORMAT, "calibration": _encode(replace(calibration, diagnostics=None), {}),
+           "summary": str(calibration)}
     return atomic_write_bytes(path, json.dumps(doc, indent=1).encode("utf-8"))
 
 
@@ -330,10 +329,10 @@ def load_calibration(path: str | os.PathLike) -> ExtrapolationCalibration:
         doc = json.loads(Path(path).read_text())
         if doc.get("format") != _CALIBRATION_FORMAT:
             raise FitFileError(f"{str(path)!r} is not a bayescale extrapolation-error file")
-        return ExtrapolationCalibration(grid=np.asarray(doc["grid"], np.float64),
-                                        weights=np.asarray(doc["weights"], np.float64),
-                                        prior_scale=float(doc["prior_scale"]), n_runs=int(doc["n_runs"]),
-                                        distance_range=tuple(doc["distance_range"]))
+        calibration = _decode(doc["calibration"], {})
+        if not isinstance(calibration, ExtrapolationCalibration):
+            raise FitFileError(f"{str(path)!r} holds no extrapolation error")
+        return calibration
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise FitFileError(f"{str(path)!r} is not a readable bayescale extrapolation-error file: {exc!r}") from exc
 

@@ -12,8 +12,9 @@ Factor effects exist with two or more grouping factors (crossed design) of >= 3 
 (``ZeroSumNormal``: no ridge between mu and the effects); with one factor the cells are its levels.
 Parameters the data pin down (``spec.centered``: by default the level and slope over the fitted
 range where they vary across curves more than their per-curve error, ``bayescale.centring``, and the
-exponent for dense curves) are centred at the cell level; the others are non-centred. This, the reference parametrization of ``bayescale.laws`` and float64 make
-the model mix (see ``studies/parametrization.py``). The law parameters share vector-valued sample
+exponent for dense curves) are centred at the cell level; the others are non-centred. This, the
+reference parametrization of ``bayescale.laws`` and float64 make the model mix (see
+``studies/parametrization.py``). The law parameters share vector-valued sample
 sites, which keeps the JAX graph (and compile time) small. The law's mean
 function comes from ``spec.law_def`` and its covariates (``u``; or ``uN``, ``uD``) from ``model_data``;
 large tables are laid out by cell (``pad_index``), so the law's gradient needs no scatter over rows.

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from bayescale import SamplerSettings, load_runs
-from bayescale.backtest import backtest, markdown_table, transfer_calibration, with_calibration
+from bayescale.backtest import backtest, leave_one_out_calibrations, markdown_table, with_calibration
 from bayescale.io import atomic_write_bytes, save_calibration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,20 +105,22 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--only", default="", help="comma-separated subset of datasets")
     args = parser.parse_args(argv)
     prepare_data()
-    tables, lines, bts = [], [], {}
+    tables, lines, bts, whats = [], [], {}, {}
     for name, (runs, kwargs, what) in datasets().items():
         if args.only and name not in args.only.split(","):
             continue
         t0 = time.perf_counter()
         bts[name] = backtest(runs, settings=SamplerSettings(seed=args.seed), n_boot=args.n_boot, seed=args.seed,
                              **kwargs)
+        whats[name] = what
         print(f"\n== {name}: {what}; {time.perf_counter() - t0:.0f} s")
-    for name, bt in bts.items():  # leave one dataset out: the extrapolation error of the others' backtests
-        others = [b for n, b in bts.items() if n != name]
-        if others:
-            bts[name] = with_calibration(bt, "bayescale_transfer", transfer_calibration(others), seed=args.seed)
+    reference = None
+    if len(bts) > 1:  # leave one dataset out: the extrapolation error of the others' backtests
+        each, reference = leave_one_out_calibrations(list(bts.values()))
+        bts = {name: with_calibration(bt, "bayescale_transfer", cal, seed=args.seed)
+               for (name, bt), cal in zip(bts.items(), each)}
     for name, bt in bts.items():
-        what = datasets()[name][2]
+        what = whats[name]
         print(f"\n== {name}: {what}; train {bt.n_train} runs, held out {bt.n_heldout}")
         print(f"bayescale diagnostics: {bt.fit.diagnostics}")
         print(f"extrapolation-error refit: {bt.calibration.diagnostics}")
@@ -138,8 +140,7 @@ def main(argv=None) -> pd.DataFrame:
     pooled = pooled_coverage(table)
     text = (markdown_table(table) + "\n\nPooled over the datasets (each held-out run counts once):\n\n"
             + markdown_table(pooled) + "\n\n" + "\n".join(lines) + "\n")
-    if len(bts) > 1:  # what a new campaign would use: the drift of every dataset here
-        reference = transfer_calibration(list(bts.values()))
+    if reference is not None:  # what a new campaign would use: the drift of every dataset here
         path = save_calibration(reference, Path(args.out).with_name("extrapolation_reference.json"))
         text += f"\nFrom all {len(bts)} datasets' backtests ({path.name}): {reference}\n"
     atomic_write_bytes(args.out, text.encode("utf-8"))

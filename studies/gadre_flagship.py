@@ -11,7 +11,7 @@ bayescale's bands as fitted (the law assumed to hold beyond the data) and with t
 error learned from the fitted runs alone (``calibrate_extrapolation``: refit without each curve's
 largest model, 412M, and see how far the law misses it) or from the other shipped datasets' backtests
 (``transfer_calibration``: how far the laws of routed LMs, Pythia and data-constrained runs drifted
-beyond their data; ``studies/backtest.py``, bayescale only, about 40 s more); then the same for
+beyond their data; ``studies/backtest.py``, bayescale only, about 30 s more); then the same for
 inverse planning. Writes an HTML report.
 
 Usage: ``python studies/gadre_flagship.py [--out reports/gadre_flagship.html] [--seed 0]``

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from bayescale import SamplerSettings, load_runs
-from bayescale.backtest import (METHODS, backtest, extrapolation_loglik, holdout_mask, markdown_table,
-                                transfer_calibration, with_calibration)
+from bayescale.backtest import (METHODS, backtest, extrapolation_loglik, holdout_mask, leave_one_out_calibrations,
+                                markdown_table, transfer_calibration, with_calibration)
 from bayescale.extrapolation import ExtrapolationCalibration
 from bayescale.baselines import huber_bootstrap, huber_fit, huber_law
 from bayescale.simulate import simulate_from_fit, simulate_runs
@@ -140,6 +140,13 @@ def test_transfer_calibration_and_with_calibration(small_backtest):
     np.testing.assert_allclose(twice.weights, expected / expected.sum(), rtol=1e-8, atol=1e-300)
     with pytest.raises(ValueError):
         transfer_calibration([])
+    each, everything = leave_one_out_calibrations([bt, bt])  # each from the other; and from both
+    for c in each:
+        np.testing.assert_array_equal(c.weights, cal.weights)
+    np.testing.assert_array_equal(everything.weights, twice.weights)
+    assert everything.n_runs == 2 * bt.n_heldout
+    with pytest.raises(ValueError):
+        leave_one_out_calibrations([bt])
     # a fixed extrapolation error of 5% per e-fold widens every held-out band (all lie beyond the data)
     fixed = ExtrapolationCalibration(np.array([0.05, 0.05 + 1e-12]), np.array([1.0, 0.0]), 0.05, 1, (1.0, 1.0))
     wide = with_calibration(bt, "fixed", fixed)
